@@ -1,0 +1,50 @@
+# The two commands of the README's contract: `make demo` and `make test`. Both set everything up on a
+# fresh machine (a virtualenv under .venv, the package and Airflow installed from the project's own
+# files) and are safe to run again.
+
+PYTHON ?= python3
+VENV ?= .venv
+AIRFLOW_VERSION ?= 3.3.2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
+PYTEST_ARGS ?=
+
+.PHONY: help venv demo test lint typecheck pytest bench emulator clean
+
+help:
+	@echo "make demo   - run an example DAG end to end against the built-in emulator (or the real API with AIMLAPI_KEY set)"
+	@echo "make test   - ruff, mypy and the test suite (AIRFLOW_VERSION=$(AIRFLOW_VERSION))"
+	@echo "make bench  - benchmarks, written to benchmarks/RESULTS.md"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+	rm -f $(VENV)/.installed-airflow-*
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+pytest: venv
+	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+demo: venv
+	$(BIN)/python scripts/demo.py
+
+emulator: venv
+	$(BIN)/python -m airflow_provider_klingfx.emulator
+
+bench: venv
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info

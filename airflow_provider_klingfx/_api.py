@@ -1,0 +1,364 @@
+"""The wire protocol of the AI/ML API, as pure functions shared by the sync and async hook paths.
+
+Everything here is I/O-free: URL building, headers, request bodies, answer parsing, the mapping of
+HTTP errors to typed exceptions, and the decision of what may be retried. The hook's two thin I/O
+layers (``requests`` and ``aiohttp``) call these, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import ipaddress
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import quote, urlsplit
+
+from airflow_provider_klingfx import __version__
+from airflow_provider_klingfx.domain import (
+    KlingFxAmbiguousSubmissionError,
+    KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxError,
+    KlingFxMalformedResponseError,
+    KlingFxTransportError,
+)
+
+DEFAULT_BASE_URL: Final = "https://api.aimlapi.com"
+UNIVERSAL_PATH: Final = "/v2/video/generations"
+LEGACY_PATH: Final = "/v2/generate/video/kling/generation"
+#: Endpoint styles a connection's ``endpoint`` extra may name.
+ENDPOINT_PATHS: Final[dict[str, str]] = {"universal": UNIVERSAL_PATH, "legacy": LEGACY_PATH}
+USER_AGENT: Final = f"airflow-provider-klingfx/{__version__}"
+#: A generation id that cannot exist, used to check a key without creating a paid generation.
+PROBE_GENERATION_ID: Final = "klingfx-connection-test:probe"
+#: Longest ``Retry-After`` honoured; a longer one is capped so the deadline logic stays in charge.
+MAX_RETRY_AFTER: Final = 120.0
+
+Method = Literal["GET", "POST"]
+
+
+class ApiKey:
+    """An API key that never shows itself in ``repr``, ``str``, logs or tracebacks.
+
+    :param value: the secret.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret itself; call only where it goes into the Authorization header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        # Pickling would copy the secret into wherever the pickle goes (XCom, trigger rows, ...).
+        raise TypeError("ApiKey cannot be pickled")
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """Where and how to call the API, taken from an Airflow connection.
+
+    :param base_url: scheme and host, without a trailing slash.
+    :param api_key: the key, wrapped so it never prints.
+    :param endpoint: ``universal`` or ``legacy``.
+    """
+
+    base_url: str
+    api_key: ApiKey
+    endpoint: str = "universal"
+
+    @property
+    def path(self) -> str:
+        """The path of both the create and the fetch call for this endpoint style."""
+        return ENDPOINT_PATHS[self.endpoint]
+
+    @property
+    def create_url(self) -> str:
+        """URL of the create (POST) call."""
+        return self.base_url + self.path
+
+    def fetch_url(self, generation_id: str) -> str:
+        """URL of the fetch (GET) call; the id holds ``:`` and ``/`` so it is fully percent-encoded.
+
+        :param generation_id: the vendor's generation id.
+        """
+        return f"{self.base_url}{self.path}?generation_id={quote(generation_id, safe='')}"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_base_url(host: str | None, schema: str | None = None) -> str:
+    """Turn a connection's host (and optional schema) into a safe base URL.
+
+    ``http://`` is refused unless the host is loopback: the key would travel in clear.
+
+    :param host: the connection's host; empty means the public API.
+    :param schema: the connection's schema field, used as scheme when host has none.
+    :raises KlingFxConnectionConfigError: for an unusable or unsafe URL.
+    """
+    text = (host or "").strip().rstrip("/")
+    if not text:
+        return DEFAULT_BASE_URL
+    if "://" not in text:
+        text = f"{(schema or 'https').strip()}://{text}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise KlingFxConnectionConfigError(
+            f"connection host must be a base URL like {DEFAULT_BASE_URL}, got {text[:100]!r}"
+        )
+    if parts.username or parts.password:
+        raise KlingFxConnectionConfigError(
+            "connection host must not embed credentials; put the API key in the password field"
+        )
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise KlingFxConnectionConfigError(
+            f"refusing plain http:// to {parts.hostname}: the API key would travel unencrypted; "
+            "use https:// (http:// is allowed only for loopback hosts such as the local emulator)"
+        )
+    if parts.path not in ("", "/"):
+        raise KlingFxConnectionConfigError(
+            f"connection host must be a base URL without a path (the provider adds /v2/...), "
+            f"got path {parts.path!r}"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def settings_from_connection(
+    conn_id: str,
+    host: str | None,
+    schema: str | None,
+    password: str | None,
+    extra: Mapping[str, Any] | None,
+) -> ApiSettings:
+    """Validate the fields of a ``klingfx`` connection.
+
+    :param conn_id: the connection id, for messages.
+    :param host: base URL (default: the public API).
+    :param schema: optional scheme when host has none.
+    :param password: the API key.
+    :param extra: extras; ``endpoint`` is ``universal`` (default) or ``legacy``.
+    :raises KlingFxConnectionConfigError: with what to fix.
+    """
+    if not password or not password.strip():
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has no API key: put your AI/ML API key in its password field"
+        )
+    extra = extra or {}
+    # The UI form stores fields under their plain name; older forms used the prefixed one.
+    endpoint = extra.get("endpoint") or extra.get("extra__klingfx__endpoint") or "universal"
+    endpoint = str(endpoint).strip().lower()
+    if endpoint not in ENDPOINT_PATHS:
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has endpoint={endpoint!r} in extra; use 'universal' or 'legacy'"
+        )
+    try:
+        base_url = normalise_base_url(host, schema)
+    except KlingFxConnectionConfigError as exc:
+        raise KlingFxConnectionConfigError(f"connection {conn_id!r}: {exc}") from None
+    return ApiSettings(base_url=base_url, api_key=ApiKey(password.strip()), endpoint=endpoint)
+
+
+def build_headers(settings: ApiSettings, *, client_request_id: str | None = None) -> dict[str, str]:
+    """Headers for every call: bearer auth, JSON, the package's User-Agent, and a trace id.
+
+    :param settings: the connection settings.
+    :param client_request_id: sent as ``X-Client-Request-Id`` when given.
+    """
+    headers = {
+        "Authorization": f"Bearer {settings.api_key.reveal()}",
+        "Accept": "application/json",
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+    }
+    if client_request_id:
+        headers["X-Client-Request-Id"] = client_request_id
+    return headers
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date), capped.
+
+    :param value: the header value.
+    :param now: the current epoch time (for HTTP dates); defaults to ``time.time()``.
+    """
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _vendor_message(body: bytes) -> tuple[str, str | None]:
+    """The vendor's words and request id from an error body, whatever its shape."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        text = body.decode("utf-8", "replace").strip()
+        return (" ".join(text.split())[:300] or "(empty body)"), None
+    if not isinstance(data, Mapping):
+        return json.dumps(data)[:300], None
+    request_id = data.get("requestId") or data.get("request_id")
+    message = data.get("message") or data.get("error") or data.get("detail")
+    if isinstance(message, Mapping):
+        message = message.get("message") or json.dumps(message)
+    if isinstance(message, list):
+        message = "; ".join(str(m.get("msg", m)) if isinstance(m, Mapping) else str(m) for m in message)
+    text = str(message) if message else json.dumps(data)[:300]
+    errors = data.get("errors")
+    if isinstance(errors, list) and errors:
+        details = []
+        for item in errors[:5]:
+            if isinstance(item, Mapping):
+                where = item.get("path") or item.get("field") or item.get("loc")
+                what = item.get("message") or item.get("msg")
+                details.append(f"{where}: {what}" if where else str(what))
+            else:
+                details.append(str(item))
+        text = f"{text} ({'; '.join(details)})"
+    return text, str(request_id) if request_id else None
+
+
+def error_from_response(
+    status: int, body: bytes, headers: Mapping[str, str], *, method: str, path: str
+) -> KlingFxAPIError:
+    """Map an HTTP error answer to a typed error carrying the vendor's message and request id.
+
+    :param status: HTTP status code (>= 400).
+    :param body: raw body.
+    :param headers: response headers.
+    :param method: request method.
+    :param path: request path (no query).
+    """
+    message, request_id = _vendor_message(body)
+    request_id = request_id or _header(headers, "x-request-id")
+    cls = KlingFxAuthError if status in (401, 403) else KlingFxAPIError
+    return cls(
+        status,
+        message,
+        request_id=request_id,
+        method=method,
+        path=path,
+        retry_after=parse_retry_after(_header(headers, "retry-after")),
+    )
+
+
+def parse_answer(status: int, body: bytes, headers: Mapping[str, str], *, method: str, path: str) -> Any:
+    """Return the decoded JSON of a successful answer, or raise the matching typed error.
+
+    :raises KlingFxAPIError: for HTTP errors.
+    :raises KlingFxMalformedResponseError: for a 2xx body that is not JSON.
+    """
+    if status >= 400:
+        raise error_from_response(status, body, headers, method=method, path=path)
+    try:
+        return json.loads(body)
+    except ValueError:
+        snippet = " ".join(body.decode("utf-8", "replace").split())[:120]
+        raise KlingFxMalformedResponseError(
+            f"{method} {path} answered {status} with a body that is not JSON: {snippet!r}"
+        ) from None
+
+
+def parse_submission(payload: Any) -> str:
+    """The generation id from a create answer.
+
+    :raises KlingFxMalformedResponseError: when the answer has no id.
+    """
+    if isinstance(payload, Mapping):
+        gen_id = payload.get("id") or payload.get("generation_id")
+        if isinstance(gen_id, str) and gen_id:
+            return gen_id
+    raise KlingFxMalformedResponseError(f"create answer has no generation id: {str(payload)[:200]!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# What may be retried
+# ---------------------------------------------------------------------------------------------
+
+_TRANSIENT_STATUSES: Final = frozenset({408, 429, 500, 502, 503, 504})
+# Statuses that say the API accepted nothing, so a create may be sent again without paying twice.
+_NOT_ACCEPTED_STATUSES: Final = frozenset({429, 503})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is worth retrying for a read (GET): network trouble, 408/429/5xx, garbage 200.
+
+    :param exc: the error raised by a request.
+    """
+    if isinstance(exc, KlingFxAuthError):
+        return False
+    if isinstance(exc, KlingFxAPIError):
+        return exc.status_code in _TRANSIENT_STATUSES
+    return isinstance(exc, KlingFxTransportError | KlingFxMalformedResponseError)
+
+
+def is_safe_to_resubmit(exc: BaseException) -> bool:
+    """Whether a failed create provably did not reach the API, so sending it again cannot pay twice.
+
+    :param exc: the error raised by a create request.
+    """
+    if isinstance(exc, KlingFxTransportError):
+        return not exc.reached_server
+    if isinstance(exc, KlingFxAPIError):
+        return exc.status_code in _NOT_ACCEPTED_STATUSES
+    return False
+
+
+def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
+    """The one retry predicate of both paths: reads retry transient errors; creates only safe ones.
+
+    :param exc: the error.
+    :param idempotent: True for fetches, False for creates.
+    """
+    return is_transient(exc) if idempotent else is_safe_to_resubmit(exc)
+
+
+def submission_failure(exc: KlingFxError) -> KlingFxError:
+    """The error to raise when a create gave up: an ambiguous failure becomes a no-retry error.
+
+    A create that failed after it may have reached the API (a read timeout, a dropped connection,
+    a 500/502/504, a garbage 200) must not be sent again by anyone, Airflow's task retries
+    included, so it is turned into :class:`KlingFxAmbiguousSubmissionError`.
+
+    :param exc: the last error.
+    """
+    if is_transient(exc) and not is_safe_to_resubmit(exc):
+        return KlingFxAmbiguousSubmissionError(
+            f"the create request may have reached the API before it failed ({exc}); not resubmitting, "
+            "because a second request could start and bill a second generation. Check the AI/ML API "
+            "dashboard for a generation created now, then clear the task to submit again."
+        )
+    return exc

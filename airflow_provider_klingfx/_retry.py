@@ -1,0 +1,94 @@
+"""One retry policy (tenacity) for the sync and async paths.
+
+Capped exponential back-off with full jitter; a ``Retry-After`` from the API wins over the
+computed wait. What may be retried is decided by :func:`airflow_provider_klingfx._api.is_retryable`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from airflow_provider_klingfx._api import is_retryable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How one HTTP call is retried.
+
+    :param max_attempts: attempts per call, the first included.
+    :param initial_wait: scale of the first back-off, in seconds.
+    :param max_wait: cap of one back-off, in seconds.
+    """
+
+    max_attempts: int = 5
+    initial_wait: float = 1.0
+    max_wait: float = 30.0
+
+    def wait_seconds(self, retry_state: tenacity.RetryCallState) -> float:
+        """Back-off before the next attempt: ``Retry-After`` if the API sent one, else jittered."""
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            return float(min(retry_after, self.max_wait * 4))
+        jittered = tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)
+        return float(jittered(retry_state))
+
+    def _kwargs(self, *, idempotent: bool, what: str, logger: Any) -> dict[str, Any]:
+        logger = logger or log
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            logger.warning(
+                "%s failed (attempt %d of %d): %s; retrying in %.1fs",
+                what,
+                state.attempt_number,
+                self.max_attempts,
+                exc,
+                wait,
+            )
+
+        return {
+            "retry": tenacity.retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
+            "stop": tenacity.stop_after_attempt(self.max_attempts),
+            "wait": self.wait_seconds,
+            "before_sleep": before_sleep,
+            "reraise": True,
+        }
+
+    def retrying(
+        self,
+        *,
+        idempotent: bool,
+        what: str,
+        sleep: Callable[[float], None],
+        logger: Any = None,
+    ) -> tenacity.Retrying:
+        """A sync retrier.
+
+        :param idempotent: True for fetches (retry every transient error), False for creates.
+        :param what: the call, for the log line.
+        :param sleep: the sleep to use (tests pass a recorder).
+        :param logger: where retries are logged.
+        """
+        return tenacity.Retrying(sleep=sleep, **self._kwargs(idempotent=idempotent, what=what, logger=logger))
+
+    def async_retrying(
+        self,
+        *,
+        idempotent: bool,
+        what: str,
+        sleep: Callable[[float], Awaitable[Any]],
+        logger: Any = None,
+    ) -> tenacity.AsyncRetrying:
+        """The async twin of :meth:`retrying`, with the same predicate, stop and wait."""
+        return tenacity.AsyncRetrying(
+            sleep=sleep, **self._kwargs(idempotent=idempotent, what=what, logger=logger)
+        )

@@ -1,0 +1,611 @@
+"""The domain of Kling v1.6 effects generations: models, scenes, requests, generations and errors.
+
+This module is the provider's vocabulary. It imports neither ``requests`` nor ``aiohttp`` nor
+Airflow's task runtime (only Airflow's exception base classes), so the hook, the trigger, the
+operator and the emulator can all share it, and the DAG processor can import it cheaply.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from airflow_provider_klingfx._compat import AirflowException, AirflowFailException
+
+# ---------------------------------------------------------------------------------------------
+# Models, scenes, durations
+# ---------------------------------------------------------------------------------------------
+
+STANDARD_EFFECTS_MODEL: Final = "klingai/kling-video-v1.6-standard-effects"
+PRO_EFFECTS_MODEL: Final = "klingai/kling-video-v1.6-pro-effects"
+#: The two effects models. Both accept the same scenes and durations.
+MODELS: Final[tuple[str, ...]] = (STANDARD_EFFECTS_MODEL, PRO_EFFECTS_MODEL)
+
+#: The 80 effect scenes of the vendor schema, in the schema's order (same list for both models).
+EFFECT_SCENES: Final[tuple[str, ...]] = (
+    "magic_fireball", "pet_moto_rider", "media_interview", "pet_lion", "pet_delivery", "pet_chef",
+    "santa_gifts", "santa_hug", "girlfriend", "boyfriend", "heart_gesture_1", "pet_wizard",
+    "smoke_smoke", "thumbs_up", "instant_kid", "dollar_rain", "cry_cry", "building_collapse",
+    "gun_shot", "mushroom", "double_gun", "pet_warrior", "lightning_power", "jesus_hug",
+    "shark_alert", "long_hair", "lie_flat", "polar_bear_hug", "brown_bear_hug", "jazz_jazz",
+    "office_escape_plow", "fly_fly", "watermelon_bomb", "pet_dance", "boss_coming", "wool_curly",
+    "iron_warrior", "pet_bee", "marry_me", "swing_swing", "day_to_night", "piggy_morph", "wig_out",
+    "car_explosion", "ski_ski", "tiger_hug", "siblings", "construction_worker", "let's_ride",
+    "snatched", "magic_broom", "felt_felt", "jumpdrop", "celebration", "splashsplash", "hula",
+    "surfsurf", "fairy_wing", "angel_wing", "dark_wing", "skateskate", "plushcut", "jelly_press",
+    "jelly_slice", "jelly_squish", "jelly_jiggle", "pixelpixel", "yearbook", "instant_film",
+    "anime_figure", "rocketrocket", "bloombloom", "dizzydizzy", "fuzzyfuzzy", "squish", "expansion",
+    "hug", "kiss", "heart_gesture", "fight",
+)  # fmt: skip
+
+#: Scenes that place two people side by side: exactly two images, the first on the left.
+TWO_PERSON_SCENES: Final = frozenset({"hug", "kiss", "heart_gesture"})
+#: Single-subject scenes documented to take exactly one image.
+ONE_SUBJECT_SCENES: Final = frozenset({"squish", "expansion"})
+#: Allowed video lengths in seconds.
+DURATIONS: Final[tuple[int, ...]] = (5, 10)
+DEFAULT_DURATION: Final = 5
+
+_SCENE_SET: Final = frozenset(EFFECT_SCENES)
+
+
+def image_count_range(effect_scene: str) -> tuple[int, int]:
+    """Return the (minimum, maximum) number of images a scene takes.
+
+    The vendor documents the count only for the five classic scenes; for the others it lets the
+    API decide, so one or two images are accepted locally.
+
+    :param effect_scene: a name from :data:`EFFECT_SCENES`.
+    """
+    if effect_scene in TWO_PERSON_SCENES:
+        return (2, 2)
+    if effect_scene in ONE_SUBJECT_SCENES:
+        return (1, 1)
+    return (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+
+class KlingFxError(AirflowException):
+    """Base class of every error this provider raises."""
+
+
+class KlingFxInvalidInputError(KlingFxError, AirflowFailException):
+    """The request or the connection is invalid; nothing was sent to the API.
+
+    A retry cannot fix it, so it fails the task without retries.
+    """
+
+
+class KlingFxConnectionConfigError(KlingFxInvalidInputError):
+    """The Airflow connection is missing, has no API key, or points somewhere unsafe."""
+
+
+class KlingFxAPIError(KlingFxError):
+    """The API answered a request with an HTTP error.
+
+    :param status_code: the HTTP status code.
+    :param vendor_message: the API's own words, taken from its error body.
+    :param request_id: the vendor's request id, when it gave one (quote it to their support).
+    :param method: the HTTP method of the request.
+    :param path: the path of the request (never the query, never a header).
+    :param retry_after: seconds the API asked us to wait (``Retry-After``), if any.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        vendor_message: str,
+        *,
+        request_id: str | None = None,
+        method: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
+        self.vendor_message = vendor_message
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.retry_after = retry_after
+        hint = _STATUS_HINTS.get(status_code, "")
+        text = f"AI/ML API answered {status_code} to {method} {path}: {vendor_message}".replace("  ", " ")
+        if request_id:
+            text += f" (request id {request_id})"
+        if hint:
+            text += f". {hint}"
+        super().__init__(text)
+
+
+class KlingFxAuthError(KlingFxAPIError, AirflowFailException):
+    """The API refused the key (401) or the account (403, e.g. out of credits). Retrying won't help."""
+
+
+_STATUS_HINTS: Final[dict[int, str]] = {
+    401: "Check the API key in the connection's password field (Admin > Connections)",
+    403: "The key was accepted but the account may not call this model or may be out of credits",
+    404: "The generation id is unknown to this API endpoint",
+    429: "Rate limited by the API",
+}
+
+
+class KlingFxTransportError(KlingFxError):
+    """The request did not get an HTTP answer: connection refused or dropped, or a timeout.
+
+    :param reached_server: False when the request provably never reached the API (connection
+        refused, DNS failure, connect timeout); True when it may have been received.
+    """
+
+    def __init__(self, message: str, *, reached_server: bool) -> None:
+        self.reached_server = reached_server
+        super().__init__(message)
+
+
+class KlingFxMalformedResponseError(KlingFxError):
+    """The API answered 200 but the body was not the JSON this provider expects."""
+
+
+class KlingFxAmbiguousSubmissionError(KlingFxError, AirflowFailException):
+    """A submission failed in a way that may have created (and billed) a generation anyway.
+
+    The provider never resubmits in that case: a second try could pay twice. The task fails
+    without retries; look for the generation on the vendor's dashboard.
+    """
+
+
+class KlingFxGenerationFailedError(KlingFxError, AirflowFailException):
+    """The vendor ran the generation and reported ``status: error`` (e.g. no face in a photo).
+
+    The same inputs would fail again, and each try is paid, so it fails the task without retries.
+
+    :param generation_id: the vendor's generation id.
+    :param reason: the vendor's reason, readable.
+    :param error_type: the vendor's error type or name, when it gave one.
+    """
+
+    def __init__(self, generation_id: str, reason: str, error_type: str | None = None) -> None:
+        self.generation_id = generation_id
+        self.reason = reason
+        self.error_type = error_type
+        kind = f" [{error_type}]" if error_type else ""
+        super().__init__(f"Kling generation {generation_id} failed at the vendor: {reason}{kind}")
+
+
+class KlingFxTimeoutError(KlingFxError):
+    """The generation did not finish before the deadline. It may still finish at the vendor.
+
+    :param generation_id: the vendor's generation id.
+    :param waited_seconds: how long it was waited for, from submission.
+    :param last_status: the last status seen.
+    """
+
+    def __init__(self, generation_id: str, waited_seconds: float, last_status: str | None = None) -> None:
+        self.generation_id = generation_id
+        self.waited_seconds = waited_seconds
+        self.last_status = last_status
+        seen = f" (last status: {last_status})" if last_status else ""
+        super().__init__(
+            f"Kling generation {generation_id} did not finish within {waited_seconds:.0f}s{seen}; "
+            "it may still complete at the vendor: raise `timeout` or watch it with KlingFxGenerationSensor"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+
+
+def _suggest(value: str, choices: Iterable[str]) -> list[str]:
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    if value.lower() in lowered:
+        return [lowered[value.lower()]]
+    return difflib.get_close_matches(value.lower().strip(), choices, n=3, cutoff=0.6)
+
+
+def validate_effect_scene(effect_scene: object) -> str:
+    """Return ``effect_scene`` if it is a known scene, else raise with the closest names.
+
+    :param effect_scene: the scene name to check.
+    :raises KlingFxInvalidInputError: when the scene is unknown.
+    """
+    if not isinstance(effect_scene, str) or not effect_scene:
+        raise KlingFxInvalidInputError(f"effect_scene must be a non-empty string, got {effect_scene!r}")
+    if effect_scene in _SCENE_SET:
+        return effect_scene
+    close = _suggest(effect_scene, EFFECT_SCENES)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise KlingFxInvalidInputError(
+        f"Unknown effect_scene {effect_scene!r}{hint} (see airflow_provider_klingfx.domain.EFFECT_SCENES "
+        f"for all {len(EFFECT_SCENES)})"
+    )
+
+
+def validate_model(model: object) -> str:
+    """Return ``model`` if it is one of :data:`MODELS`, else raise with the valid names.
+
+    :param model: the model name to check.
+    """
+    if isinstance(model, str) and model in MODELS:
+        return model
+    close = _suggest(str(model), MODELS)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise KlingFxInvalidInputError(f"Unknown model {model!r}{hint} (valid: {', '.join(MODELS)})")
+
+
+def validate_duration(duration: object) -> int:
+    """Return the duration as an int if it is 5 or 10 (ints or their string forms, as templates give).
+
+    :param duration: the requested video length in seconds.
+    """
+    value: object = duration
+    if isinstance(duration, str) and duration.strip().isdigit():
+        value = int(duration.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or value not in DURATIONS:
+        raise KlingFxInvalidInputError(
+            f"duration must be one of {', '.join(map(str, DURATIONS))} seconds, got {duration!r}"
+        )
+    return value
+
+
+def _coerce_image_list(image_urls: object) -> list[object]:
+    if isinstance(image_urls, str):
+        text = image_urls.strip()
+        # A Jinja template renders an XCom list as its string form unless the DAG renders native
+        # objects; accept that form rather than send "['https://…']" as a URL.
+        if text.startswith("["):
+            for parse in (json.loads, ast.literal_eval):
+                try:
+                    parsed = parse(text)
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(parsed, list):
+                    return parsed
+        return [image_urls]
+    if isinstance(image_urls, Sequence) and not isinstance(image_urls, bytes | bytearray):
+        return list(image_urls)
+    if image_urls is None:
+        return []
+    raise KlingFxInvalidInputError(
+        f"image_urls must be a URL or a list of URLs, got {type(image_urls).__name__}"
+    )
+
+
+def validate_image_url(url: object, position: int = 1) -> str:
+    """Return ``url`` if it is an absolute http(s) URL, else raise saying which image is wrong.
+
+    :param url: the image URL.
+    :param position: 1-based position of the image, for the message.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise KlingFxInvalidInputError(f"image {position} is empty ({url!r}); give an http(s) URL")
+    text = url.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or any(ch.isspace() for ch in text):
+        raise KlingFxInvalidInputError(
+            f"image {position} must be a public http(s) URL the API can download, got {text[:200]!r}"
+        )
+    return text
+
+
+@dataclass(frozen=True)
+class EffectRequest:
+    """A validated request for one effects generation.
+
+    Build it with :meth:`build`, which checks everything that can be known without calling the API.
+
+    :param effect_scene: the scene to render, one of :data:`EFFECT_SCENES`.
+    :param image_urls: one or two http(s) image URLs; for two-person scenes the first is on the left.
+    :param duration: video length in seconds, 5 or 10.
+    :param model: one of :data:`MODELS`.
+    """
+
+    effect_scene: str
+    image_urls: tuple[str, ...]
+    duration: int = DEFAULT_DURATION
+    model: str = STANDARD_EFFECTS_MODEL
+
+    @classmethod
+    def build(
+        cls,
+        effect_scene: object,
+        image_urls: object,
+        duration: object = DEFAULT_DURATION,
+        model: object = STANDARD_EFFECTS_MODEL,
+    ) -> EffectRequest:
+        """Validate raw (possibly templated) values and return a request.
+
+        :raises KlingFxInvalidInputError: with one line saying what to fix.
+        """
+        scene = validate_effect_scene(effect_scene)
+        model_name = validate_model(model)
+        seconds = validate_duration(duration)
+        raw = _coerce_image_list(image_urls)
+        low, high = image_count_range(scene)
+        if not low <= len(raw) <= high:
+            want = str(low) if low == high else f"{low} or {high}"
+            why = (
+                " (two people: the first image is placed on the left, the second on the right)"
+                if scene in TWO_PERSON_SCENES
+                else ""
+            )
+            raise KlingFxInvalidInputError(
+                f"effect_scene {scene!r} takes {want} image{'s' if high > 1 else ''}{why}, got {len(raw)}"
+            )
+        urls = tuple(validate_image_url(u, i) for i, u in enumerate(raw, start=1))
+        return cls(effect_scene=scene, image_urls=urls, duration=seconds, model=model_name)
+
+    def to_body(self) -> dict[str, Any]:
+        """The JSON body of the create call, as the vendor schema names the fields."""
+        image: str | list[str] = self.image_urls[0] if len(self.image_urls) == 1 else list(self.image_urls)
+        return {
+            "model": self.model,
+            "effect_scene": self.effect_scene,
+            "image_url": image,
+            "duration": self.duration,
+        }
+
+
+_CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
+
+
+def client_request_id(*parts: object, max_length: int = 128) -> str:
+    """Build an ``X-Client-Request-Id`` (1-128 chars of ``[A-Za-z0-9._:-]``) from readable parts.
+
+    Parts are joined with ``:``; characters the API would reject become ``_``. Past the length
+    limit the id keeps its head and ends with a hash of the whole, so it stays unique.
+
+    :param parts: e.g. dag_id, run_id, task_id, map_index, try_number.
+    """
+    text = ":".join(_CLIENT_ID_UNSAFE.sub("_", str(p)) for p in parts if p is not None and p != "")
+    text = text or "klingfx"
+    if len(text) <= max_length:
+        return text
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return f"{text[: max_length - len(digest) - 1]}.{digest}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Generations
+# ---------------------------------------------------------------------------------------------
+
+#: Statuses the vendor's schema lists, plus the legacy ones its own example loop waits on.
+PENDING_STATUSES: Final = frozenset({"queued", "generating", "waiting", "active"})
+COMPLETED: Final = "completed"
+ERROR: Final = "error"
+TERMINAL_STATUSES: Final = frozenset({COMPLETED, ERROR})
+
+
+@dataclass(frozen=True)
+class Video:
+    """The generated video.
+
+    :param url: where to download it (the vendor's CDN; its lifetime is not documented).
+    :param content_type: MIME type, e.g. ``video/mp4``.
+    :param file_name: the vendor's file name.
+    :param file_size: size in bytes, when the API gives it.
+    """
+
+    url: str
+    content_type: str | None = None
+    file_name: str | None = None
+    file_size: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict, as pushed to XCom ``video``."""
+        return {
+            "url": self.url,
+            "content_type": self.content_type,
+            "file_name": self.file_name,
+            "file_size": self.file_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Video:
+        """Inverse of :meth:`to_dict`."""
+        size = data.get("file_size")
+        return cls(
+            url=str(data["url"]),
+            content_type=data.get("content_type"),
+            file_name=data.get("file_name"),
+            file_size=int(size) if isinstance(size, int | float) and not isinstance(size, bool) else None,
+        )
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What a generation cost, as far as the API reports it.
+
+    :param credits_used: ``meta.usage.credits_used`` or the ``x-aimlapi-credits-used`` header.
+    :param usd_spent: the ``x-aimlapi-usd-spent`` header.
+    """
+
+    credits_used: float | None = None
+    usd_spent: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict, as pushed to XCom ``usage``."""
+        return {"credits_used": self.credits_used, "usd_spent": self.usd_spent}
+
+
+@dataclass(frozen=True)
+class GenerationError:
+    """Why the vendor failed a generation.
+
+    :param reason: readable reason, e.g. ``Could not detect face in the image``.
+    :param error_type: the vendor's error name or type, e.g. ``face_detection_error``.
+    """
+
+    reason: str
+    error_type: str | None = None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def parse_generation_error(error: object) -> GenerationError:
+    """Turn either error shape the API uses into a readable :class:`GenerationError`.
+
+    Shapes: ``{"name", "message"}`` (the schema) and
+    ``{"detail": [{"loc", "msg", "type", "input"}]}`` (seen in practice); anything else is shown
+    as compact JSON rather than lost.
+
+    :param error: the ``error`` member of a fetch answer.
+    """
+    if isinstance(error, str) and error.strip():
+        return GenerationError(reason=error.strip())
+    if isinstance(error, Mapping):
+        detail = error.get("detail")
+        if isinstance(detail, list) and detail:
+            reasons: list[str] = []
+            types: list[str] = []
+            for item in detail:
+                if not isinstance(item, Mapping):
+                    reasons.append(str(item))
+                    continue
+                msg = str(item.get("msg") or item.get("message") or "unspecified error")
+                loc = item.get("loc")
+                field_name = loc[-1] if isinstance(loc, list) and loc else None
+                inp = item.get("input")
+                where = []
+                if field_name is not None:
+                    where.append(str(field_name))
+                if isinstance(inp, str) and inp:
+                    where.append(inp[:200])
+                reasons.append(f"{msg} ({': '.join(where)})" if where else msg)
+                if item.get("type"):
+                    types.append(str(item["type"]))
+            return GenerationError(reason="; ".join(reasons), error_type=", ".join(types) or None)
+        if isinstance(detail, str) and detail:
+            return GenerationError(reason=detail)
+        message = error.get("message")
+        name = error.get("name")
+        if message or name:
+            return GenerationError(reason=str(message or name), error_type=str(name) if name else None)
+    text = json.dumps(error, default=str)[:500] if error is not None else "no reason given"
+    return GenerationError(reason=f"unrecognised error: {text}")
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generation as the fetch endpoint reports it.
+
+    :param id: the vendor's generation id (contains ``:`` and ``/``).
+    :param status: the raw status; anything not terminal counts as still running.
+    :param video: the video, once completed.
+    :param error: why it failed, once failed.
+    :param usage: what it cost, when reported.
+    """
+
+    id: str
+    status: str
+    video: Video | None = None
+    error: GenerationError | None = None
+    usage: Usage | None = None
+    raw_status: str = field(default="", repr=False)
+
+    @property
+    def is_pending(self) -> bool:
+        """Still queued or generating, including legacy (``waiting``/``active``) and unknown statuses."""
+        return self.status not in TERMINAL_STATUSES
+
+    @property
+    def is_completed(self) -> bool:
+        """Finished with a video."""
+        return self.status == COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        """Finished with an error."""
+        return self.status == ERROR
+
+    @property
+    def is_known_status(self) -> bool:
+        """Whether the status is one this provider knows (others are logged and treated as pending)."""
+        return self.status in PENDING_STATUSES or self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_api(cls, payload: object, headers: Mapping[str, str] | None = None) -> Generation:
+        """Parse a fetch (or create) answer.
+
+        :param payload: the decoded JSON body.
+        :param headers: response headers, for the usage headers.
+        :raises KlingFxMalformedResponseError: if the body is not a generation.
+        """
+        if not isinstance(payload, Mapping):
+            raise KlingFxMalformedResponseError(
+                f"expected a JSON object, got {type(payload).__name__}: {str(payload)[:200]!r}"
+            )
+        gen_id = payload.get("id") or payload.get("generation_id")
+        status = payload.get("status")
+        if not isinstance(gen_id, str) or not gen_id or not isinstance(status, str) or not status:
+            raise KlingFxMalformedResponseError(
+                f"expected 'id' and 'status' in the answer, got keys {sorted(map(str, payload))[:10]}"
+            )
+        norm = status.strip().lower()
+        video: Video | None = None
+        raw_video = payload.get("video")
+        if isinstance(raw_video, Mapping) and isinstance(raw_video.get("url"), str) and raw_video["url"]:
+            video = Video.from_dict(raw_video)
+        error: GenerationError | None = None
+        if norm == COMPLETED and video is None:
+            raise KlingFxMalformedResponseError(f"generation {gen_id} is completed but has no video.url")
+        if norm == ERROR:
+            error = parse_generation_error(payload.get("error"))
+        return cls(
+            id=gen_id,
+            status=norm,
+            video=video,
+            error=error,
+            usage=parse_usage(payload, headers),
+            raw_status=status,
+        )
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`KlingFxGenerationFailedError` if the vendor failed this generation."""
+        if self.is_failed:
+            err = self.error or GenerationError("no reason given")
+            raise KlingFxGenerationFailedError(self.id, err.reason, err.error_type)
+
+
+def parse_usage(payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Usage | None:
+    """Read usage from ``meta.usage.credits_used`` and the ``x-aimlapi-*`` headers; None if absent.
+
+    :param payload: the decoded answer.
+    :param headers: response headers (case-insensitive mapping or plain dict).
+    """
+    credits: float | None = None
+    meta = payload.get("meta")
+    if isinstance(meta, Mapping):
+        usage = meta.get("usage")
+        if isinstance(usage, Mapping):
+            credits = _number(usage.get("credits_used"))
+    usd: float | None = None
+    if headers:
+        lowered = {str(k).lower(): v for k, v in headers.items()}
+        if credits is None:
+            credits = _number(lowered.get("x-aimlapi-credits-used"))
+        usd = _number(lowered.get("x-aimlapi-usd-spent"))
+    if credits is None and usd is None:
+        return None
+    return Usage(credits_used=credits, usd_spent=usd)

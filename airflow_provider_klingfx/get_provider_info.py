@@ -1,0 +1,84 @@
+"""Provider metadata read by Airflow through the ``apache_airflow_provider`` entry point.
+
+Airflow reads the connection form (``conn-fields``, ``ui-field-behaviour``) from here without
+importing the hook, so this module must stay import-free.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow_provider_klingfx import __version__
+
+DEFAULT_BASE_URL = "https://api.aimlapi.com"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return the provider's metadata for Airflow's providers manager."""
+    return {
+        # Must equal the distribution name exactly, or `airflow providers list` breaks for everyone.
+        "package-name": "airflow-provider-klingfx",
+        "name": "Kling Effects (AI/ML API)",
+        "description": "Kling v1.6 effects video generation through the AI/ML API "
+        "(hug, kiss, heart_gesture, squish, expansion and 75 more scenes).",
+        "versions": [__version__],
+        "integrations": [
+            {
+                "integration-name": "Kling Effects (AI/ML API)",
+                "external-doc-url": "https://docs.aimlapi.com/api-references/video-models/kling-ai/v1.6-standard-effects",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {
+                "integration-name": "Kling Effects (AI/ML API)",
+                "python-modules": ["airflow_provider_klingfx.hooks.klingfx"],
+            }
+        ],
+        "operators": [
+            {
+                "integration-name": "Kling Effects (AI/ML API)",
+                "python-modules": ["airflow_provider_klingfx.operators.klingfx"],
+            }
+        ],
+        "sensors": [
+            {
+                "integration-name": "Kling Effects (AI/ML API)",
+                "python-modules": ["airflow_provider_klingfx.sensors.klingfx"],
+            }
+        ],
+        "triggers": [
+            {
+                "integration-name": "Kling Effects (AI/ML API)",
+                "python-modules": ["airflow_provider_klingfx.triggers.klingfx"],
+            }
+        ],
+        "extra-links": ["airflow_provider_klingfx.operators.klingfx.KlingFxVideoLink"],
+        "connection-types": [
+            {
+                "connection-type": "klingfx",
+                "hook-class-name": "airflow_provider_klingfx.hooks.klingfx.KlingFxHook",
+                "hook-name": "Kling Effects (AI/ML API)",
+                "conn-fields": {
+                    "endpoint": {
+                        "label": "Endpoint style",
+                        "description": "'universal' (/v2/video/generations, the default) or "
+                        "'legacy' (/v2/generate/video/kling/generation).",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "default": "universal",
+                            "enum": ["universal", "legacy"],
+                        },
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "relabeling": {"host": "Base URL", "password": "API key"},
+                    "placeholders": {
+                        "host": DEFAULT_BASE_URL,
+                        "password": "your AI/ML API key",
+                    },
+                },
+            }
+        ],
+    }

@@ -1,0 +1,307 @@
+"""The deferrable operator that renders a Kling v1.6 effects video from one or two photos.
+
+Kept light at import time: the DAG processor imports DAG files constantly, so the hook (requests,
+aiohttp, tenacity) and the trigger are imported only when a task runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink
+
+from airflow_provider_klingfx.domain import (
+    DEFAULT_DURATION,
+    STANDARD_EFFECTS_MODEL,
+    EffectRequest,
+    Generation,
+    GenerationError,
+    KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxError,
+    KlingFxGenerationFailedError,
+    KlingFxInvalidInputError,
+    KlingFxTimeoutError,
+    Usage,
+    Video,
+    client_request_id,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, ObjectStoragePath
+    from airflow.sdk.types import TaskInstanceKey
+
+    from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+
+#: XCom keys this provider pushes.
+XCOM_GENERATION_ID = "generation_id"
+XCOM_VIDEO = "video"
+XCOM_USAGE = "usage"
+XCOM_OUTPUT_PATH = "output_path"
+#: Key in ``task_state_store`` (Airflow 3.3+) under which the generation id survives task retries.
+STATE_STORE_KEY = "klingfx_generation"
+#: Extra time the framework's defer timeout allows past the trigger's own deadline, so the
+#: trigger (which reports the generation id and last status) normally ends the wait, not Airflow.
+DEFER_TIMEOUT_GRACE = timedelta(minutes=5)
+
+
+class KlingFxVideoLink(BaseOperatorLink):
+    """ "Kling video" button on the task page: opens the generated video."""
+
+    name = "Kling video"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        """The video URL from XCom ``video``; empty (no button) until the generation completes."""
+        from airflow.sdk.execution_time.xcom import XCom
+
+        video = XCom.get_value(ti_key=ti_key, key=XCOM_VIDEO)
+        if isinstance(video, dict) and isinstance(video.get("url"), str):
+            return video["url"]
+        return ""
+
+
+def _seconds(value: float | timedelta) -> float:
+    return value.total_seconds() if isinstance(value, timedelta) else float(value)
+
+
+def _task_state_store(context: Context) -> Any:
+    # Airflow 3.3+ only; absent on 3.1/3.2, where a task retry submits a new (paid) generation.
+    return context.get("task_state_store")  # type: ignore[call-overload]
+
+
+def raise_for_event(event: dict[str, Any] | None) -> tuple[str, Video, Usage | None]:
+    """Turn a trigger event into the finished generation's id, video and usage, or its typed error.
+
+    :param event: the event the trigger yielded.
+    :raises KlingFxGenerationFailedError: the vendor failed the generation.
+    :raises KlingFxTimeoutError: the deadline passed.
+    :raises KlingFxAPIError: the API refused the fetch (e.g. the key was revoked meanwhile).
+    """
+    if not isinstance(event, dict):
+        raise KlingFxError(f"unexpected trigger event: {event!r}")
+    status = event.get("status")
+    gen_id = str(event.get("generation_id", "?"))
+    if status == "success":
+        usage = event.get("usage")
+        return gen_id, Video.from_dict(event["video"]), Usage(**usage) if isinstance(usage, dict) else None
+    if status == "timeout":
+        raise KlingFxTimeoutError(gen_id, float(event.get("waited_seconds") or 0.0), event.get("last_status"))
+    if status == "error":
+        kind = event.get("error_kind")
+        if kind == "generation_failed":
+            raise KlingFxGenerationFailedError(gen_id, str(event.get("reason")), event.get("error_type"))
+        message = str(event.get("message") or "unknown error")
+        if kind == "connection_config":
+            raise KlingFxConnectionConfigError(message)
+        if isinstance(event.get("status_code"), int):
+            cls = KlingFxAuthError if kind == "auth" else KlingFxAPIError
+            raise cls(
+                event["status_code"],
+                str(event.get("vendor_message") or message),
+                request_id=event.get("request_id"),
+                method="GET",
+                path=str(event.get("path") or ""),
+            )
+        raise KlingFxError(f"polling generation {gen_id} failed: {message}")
+    raise KlingFxError(f"unexpected trigger event status {status!r} for generation {gen_id}")
+
+
+class KlingFxResultMixin:
+    """Pushes a finished generation's XComs and logs its summary; shared by the operator and sensor."""
+
+    log: Any
+
+    def _push_result(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_VIDEO, value=video.to_dict())
+        size = f"{video.file_size / 1e6:.1f} MB" if video.file_size else "size not reported"
+        if usage is not None:
+            ti.xcom_push(key=XCOM_USAGE, value=usage.to_dict())
+            self.log.info(
+                "Generation %s completed: %s (%s); cost: %s credits%s",
+                generation_id,
+                video.url,
+                size,
+                "unknown" if usage.credits_used is None else f"{usage.credits_used:g}",
+                "" if usage.usd_spent is None else f", ${usage.usd_spent:g}",
+            )
+        else:
+            self.log.info(
+                "Generation %s completed: %s (%s); the API reported no usage", generation_id, video.url, size
+            )
+        return video.url
+
+
+class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
+    """Render a Kling v1.6 effects video (hug, kiss, squish, ...) from one or two photos.
+
+    Validates the inputs (before any paid call), submits the generation, pushes XCom
+    ``generation_id``, then waits for the video: in the triggerer (``deferrable=True``, the
+    default, which frees the worker slot for the ~2 minutes a generation takes) or on the worker.
+    Returns the video URL (XCom ``return_value``) and pushes XCom ``video`` (url, content_type,
+    file_name, file_size) and ``usage`` when the API reports it.
+
+    A vendor-side failure (``status: error``, e.g. no face found) fails the task without retries:
+    the same photo would fail again and each try is paid.
+
+    :param effect_scene: the scene, e.g. ``hug``, ``kiss``, ``heart_gesture`` (two photos), ``squish``,
+        ``expansion`` (one photo), or any of the 80 names in
+        :data:`airflow_provider_klingfx.domain.EFFECT_SCENES`. Templated.
+    :param image_urls: one URL or a list of one or two; for two-person scenes the first photo is placed
+        on the left. Templated (a rendered ``"['https://…', …]"`` string is accepted).
+    :param duration: video length in seconds, 5 or 10. Templated.
+    :param model: ``klingai/kling-video-v1.6-standard-effects`` (default) or
+        ``klingai/kling-video-v1.6-pro-effects``. Templated.
+    :param klingfx_conn_id: the ``klingfx`` connection holding the API key.
+    :param deferrable: wait in the triggerer (default). Pass ``False`` if your deployment runs no
+        triggerer; the task then polls on the worker with the same semantics.
+    :param poll_interval: seconds between status checks.
+    :param timeout: seconds (or a timedelta) from submission to completion before the task fails.
+    :param output_path: where to save the video (``str`` or ``ObjectStoragePath``, any scheme Airflow's
+        object storage supports). Templated. When set, the video is streamed there after completion
+        and XCom ``output_path`` names it.
+    """
+
+    template_fields: Sequence[str] = ("effect_scene", "image_urls", "duration", "model", "output_path")
+    operator_extra_links = (KlingFxVideoLink(),)
+    ui_color = "#f6d1ff"
+
+    def __init__(
+        self,
+        *,
+        effect_scene: str,
+        image_urls: str | list[str],
+        duration: int = DEFAULT_DURATION,
+        model: str = STANDARD_EFFECTS_MODEL,
+        klingfx_conn_id: str = "klingfx_default",
+        deferrable: bool = True,
+        poll_interval: float = 10,
+        timeout: float | timedelta = 1800,
+        output_path: str | ObjectStoragePath | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.effect_scene = effect_scene
+        self.image_urls = image_urls
+        self.duration = duration
+        self.model = model
+        self.klingfx_conn_id = klingfx_conn_id
+        self.deferrable = deferrable
+        self.poll_interval = float(poll_interval)
+        self.timeout = _seconds(timeout)
+        self.output_path = output_path
+        if self.poll_interval <= 0:
+            raise KlingFxInvalidInputError(f"poll_interval must be positive, got {poll_interval!r}")
+        if self.timeout <= 0:
+            raise KlingFxInvalidInputError(f"timeout must be positive, got {timeout!r}")
+
+    @property
+    def hook(self) -> KlingFxHook:
+        """A hook on this operator's connection (created per call: hooks are cheap, sessions pooled)."""
+        from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+
+        return KlingFxHook(self.klingfx_conn_id)
+
+    def _client_request_id(self, context: Context) -> str:
+        ti = context["ti"]
+        return client_request_id(
+            ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1)
+        )
+
+    def _reattach(self, context: Context, hook: KlingFxHook) -> str | None:
+        """On a retry, find a generation a previous try submitted that is worth waiting for."""
+        store = _task_state_store(context)
+        if store is None:
+            return None
+        stored = store.get(STATE_STORE_KEY)
+        if not isinstance(stored, dict) or not stored.get("generation_id"):
+            return None
+        gen_id = str(stored["generation_id"])
+        try:
+            generation = hook.get_generation(gen_id)
+        except KlingFxAPIError as exc:
+            self.log.warning(
+                "A previous try's generation %s cannot be fetched (%s); submitting anew", gen_id, exc
+            )
+            return None
+        if generation.is_failed:
+            reason = (generation.error or GenerationError("no reason given")).reason
+            self.log.warning(
+                "A previous try's generation %s failed at the vendor (%s); submitting anew", gen_id, reason
+            )
+            return None
+        self.log.info(
+            "Reattaching to generation %s submitted by a previous try (status %s); not submitting again",
+            gen_id,
+            generation.status,
+        )
+        return gen_id
+
+    def execute(self, context: Context) -> str:
+        """Validate, submit (or reattach), then wait for the video."""
+        request = EffectRequest.build(self.effect_scene, self.image_urls, self.duration, self.model)
+        hook = self.hook
+        hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
+        gen_id = self._reattach(context, hook)
+        if gen_id is None:
+            trace_id = self._client_request_id(context)
+            self.log.info(
+                "Submitting %s %s (%ss) with %d image(s); X-Client-Request-Id %s",
+                request.model,
+                request.effect_scene,
+                request.duration,
+                len(request.image_urls),
+                trace_id,
+            )
+            gen_id = hook.submit(request, client_request_id=trace_id)
+            self.log.info("Submitted generation %s", gen_id)
+            store = _task_state_store(context)
+            if store is not None:
+                store.set(STATE_STORE_KEY, {"generation_id": gen_id, "submitted_at": time.time()})
+        submitted_at = time.time()
+        ti = context["ti"]
+        ti.xcom_push(key=XCOM_GENERATION_ID, value=gen_id)
+        # The extra link is evaluated after a run that ends by deferring too; clear what it reads so
+        # it never shows a previous try's video.
+        ti.xcom_push(key=XCOM_VIDEO, value=None)
+        if not self.deferrable:
+            generation = hook.wait_for_generation(
+                gen_id, poll_interval=self.poll_interval, timeout=self.timeout, submitted_at=submitted_at
+            )
+            return self._complete(context, generation)
+        from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
+
+        self.defer(
+            trigger=KlingFxGenerationTrigger(
+                generation_id=gen_id,
+                deadline=submitted_at + self.timeout,
+                klingfx_conn_id=self.klingfx_conn_id,
+                poll_interval=self.poll_interval,
+                submitted_at=submitted_at,
+            ),
+            method_name="execute_complete",
+            timeout=timedelta(seconds=self.timeout) + DEFER_TIMEOUT_GRACE,
+        )
+        raise AssertionError("defer() raises")  # pragma: no cover
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
+        """Resume after the trigger: return the video URL, or raise the typed error the event names."""
+        return self._deliver(context, *raise_for_event(event))
+
+    def _complete(self, context: Context, generation: Generation) -> str:
+        generation.raise_for_failure()
+        assert generation.video is not None  # a completed generation always carries a video
+        return self._deliver(context, generation.id, generation.video, generation.usage)
+
+    def _deliver(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
+        url = self._push_result(context, generation_id, video, usage)
+        if self.output_path:
+            from airflow_provider_klingfx.media import save_video
+
+            dest = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
+            context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=dest)
+        return url
