@@ -1,0 +1,49 @@
+"""Chain a generation into downstream work: the video URL flows through XCom to the next task.
+
+Needs a connection ``klingfx_default`` of type ``klingfx``. ``describe`` receives the URL (the
+operator's return value) and the ``video``/``generation_id`` XComs, checks the file is reachable
+and writes a small JSON record a media pipeline could pick up.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+
+with DAG(
+    dag_id="example_klingfx_chain",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["example", "klingfx"],
+    params={
+        "photo": Param("https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg", type="string"),
+    },
+):
+    generate = KlingFxEffectOperator(
+        task_id="generate",
+        effect_scene="expansion",
+        image_urls="{{ params.photo }}",
+    )
+
+    @task
+    def describe(video_url: str, ti=None) -> dict:
+        """Check the video is downloadable and describe it for the next system."""
+        import requests  # imported at run time, not when the DAG file is parsed
+
+        video = ti.xcom_pull(task_ids="generate", key="video")
+        generation_id = ti.xcom_pull(task_ids="generate", key="generation_id")
+        head = requests.head(video_url, timeout=30, allow_redirects=True)
+        head.raise_for_status()
+        record = {
+            "generation_id": generation_id,
+            "url": video_url,
+            "content_type": head.headers.get("Content-Type"),
+            "bytes": int(head.headers.get("Content-Length") or video.get("file_size") or 0),
+        }
+        print(f"video record: {record}")
+        return record
+
+    describe(generate.output)

@@ -1,0 +1,52 @@
+"""Fan out: one generation per photo with dynamic task mapping, all waiting in the triggerer at once.
+
+Needs a connection ``klingfx_default`` of type ``klingfx``. Trigger with your own photos:
+``airflow dags trigger example_klingfx_mapped -c '{"photos": ["https://...", "https://..."]}'``.
+Each mapped task instance returns its own video URL; ``collect`` gathers them in photo order.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+
+with DAG(
+    dag_id="example_klingfx_mapped",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["example", "klingfx"],
+    params={
+        "photos": Param(
+            [
+                "https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg",
+                "https://storage.googleapis.com/falserverless/juggernaut_examples/QEW5VrzccxGva7mPfEXjf.png",
+            ],
+            type="array",
+            description="photo URLs, one generation each",
+        ),
+        "scene": Param("expansion", type="string"),
+    },
+):
+
+    @task
+    def list_photos(params: dict | None = None) -> list[str]:
+        """The photos to render; replace with a listing of a bucket or folder."""
+        return list((params or {})["photos"])
+
+    videos = KlingFxEffectOperator.partial(
+        task_id="effect",
+        effect_scene="{{ params.scene }}",
+        poll_interval=10,
+    ).expand(image_urls=list_photos())
+
+    @task
+    def collect(urls: list[str]) -> list[str]:
+        """All video URLs, one per photo, in the photos' order."""
+        urls = list(urls)
+        print(f"{len(urls)} videos: {urls}")
+        return urls
+
+    collect(videos.output)

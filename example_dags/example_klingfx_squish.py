@@ -1,0 +1,35 @@
+"""One photo, one effect: squish a person like clay.
+
+Needs a connection ``klingfx_default`` of type ``klingfx`` (Base URL + API key); see the README.
+Trigger it with another photo: ``airflow dags trigger example_klingfx_squish -c '{"photo": "https://..."}'``.
+The video URL lands in XCom ``return_value`` of task ``squish``, the generation id in ``generation_id``.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param
+
+from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+
+with DAG(
+    dag_id="example_klingfx_squish",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["example", "klingfx"],
+    params={
+        "photo": Param(
+            "https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg",
+            type="string",
+            description="URL of a photo of one person (jpg/png, at least 300 px a side)",
+        ),
+        "duration": Param(5, enum=[5, 10]),
+    },
+):
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        duration="{{ params.duration }}",
+    )

@@ -1,0 +1,241 @@
+"""The pure wire-protocol pieces and the retry policy shared by the sync and async paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import tenacity
+
+from airflow_provider_klingfx import _api
+from airflow_provider_klingfx._polling import GenerationWatch
+from airflow_provider_klingfx._retry import RetryPolicy
+from airflow_provider_klingfx.domain import (
+    Generation,
+    KlingFxAmbiguousSubmissionError,
+    KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxMalformedResponseError,
+    KlingFxTransportError,
+)
+
+KEY = "sk-test-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (None, "https://api.aimlapi.com"),
+        ("", "https://api.aimlapi.com"),
+        ("api.aimlapi.com", "https://api.aimlapi.com"),
+        ("https://api.aimlapi.com/", "https://api.aimlapi.com"),
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("http://localhost:9", "http://localhost:9"),
+        ("http://[::1]:9", "http://[::1]:9"),
+    ],
+)
+def test_base_url_normalisation(host, expected):
+    assert _api.normalise_base_url(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("http://api.aimlapi.com", "refusing plain http:// to api.aimlapi.com"),
+        ("http://10.0.0.5:8080", "refusing plain http://"),
+        ("ftp://api.aimlapi.com", "must be a base URL"),
+        ("https://user:pw@api.aimlapi.com", "must not embed credentials"),
+        ("https://api.aimlapi.com/v2/video/generations", "without a path"),
+    ],
+)
+def test_unsafe_or_unusable_hosts_are_refused(host, message):
+    with pytest.raises(KlingFxConnectionConfigError, match=message):
+        _api.normalise_base_url(host)
+
+
+def test_connection_settings():
+    settings = _api.settings_from_connection("c", None, None, KEY, {"endpoint": "legacy"})
+    assert settings.create_url == "https://api.aimlapi.com/v2/generate/video/kling/generation"
+    assert settings.fetch_url("aa:kling-video/v1.6/standard/effects") == (
+        "https://api.aimlapi.com/v2/generate/video/kling/generation"
+        "?generation_id=aa%3Akling-video%2Fv1.6%2Fstandard%2Feffects"
+    )
+    assert KEY not in repr(settings) and KEY not in str(settings)
+    default = _api.settings_from_connection("c", "https://h.example", None, KEY, {})
+    assert default.create_url == "https://h.example/v2/video/generations"
+
+
+@pytest.mark.parametrize(
+    ("password", "extra", "message"),
+    [(None, {}, "has no API key"), ("  ", {}, "has no API key"), (KEY, {"endpoint": "v3"}, "endpoint='v3'")],
+)
+def test_bad_connection_settings(password, extra, message):
+    with pytest.raises(KlingFxConnectionConfigError, match=message):
+        _api.settings_from_connection("c", None, None, password, extra)
+
+
+def test_headers_carry_key_agent_and_trace_id():
+    settings = _api.settings_from_connection("c", None, None, KEY, {})
+    headers = _api.build_headers(settings, client_request_id="d:r:t:-1:1")
+    assert headers["Authorization"] == f"Bearer {KEY}"
+    assert headers["User-Agent"].startswith("airflow-provider-klingfx/")
+    assert headers["X-Client-Request-Id"] == "d:r:t:-1:1"
+
+
+def test_api_key_never_shows():
+    key = _api.ApiKey(KEY)
+    assert KEY not in repr(key) and KEY not in str(key) and KEY not in f"{key}"
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(key)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("3", 3.0), ("0", 0.0), ("1000", _api.MAX_RETRY_AFTER), ("Thu, 01 Jan 2026 00:00:10 GMT", 10.0), ("soon", None), (None, None)],
+)
+def test_retry_after(value, seconds):
+    assert _api.parse_retry_after(value, now=1767225600.0) == seconds
+
+
+def test_error_envelope_becomes_typed_error_with_vendor_words():
+    body = json.dumps(
+        {"message": "Unauthorized", "path": "/v2/video/generations", "requestId": "req-1", "statusCode": 401, "timestamp": "t"}
+    ).encode()
+    err = _api.error_from_response(401, body, {}, method="POST", path="/v2/video/generations")
+    assert isinstance(err, KlingFxAuthError)
+    assert (err.status_code, err.vendor_message, err.request_id) == (401, "Unauthorized", "req-1")
+    assert str(err).startswith("AI/ML API answered 401 to POST /v2/video/generations: Unauthorized (request id req-1)")
+    validation = json.dumps({"message": "Body validation error!", "errors": [{"path": "effect_scene", "message": "bad"}]}).encode()
+    err = _api.error_from_response(400, validation, {"X-Request-Id": "r2"}, method="POST", path="/p")
+    assert type(err) is KlingFxAPIError
+    assert err.vendor_message == "Body validation error! (effect_scene: bad)"
+    assert err.request_id == "r2"
+    err = _api.error_from_response(502, b"<html>Bad gateway</html>", {"Retry-After": "2"}, method="GET", path="/p")
+    assert (err.vendor_message, err.retry_after) == ("<html>Bad gateway</html>", 2.0)
+
+
+def test_garbage_200_is_malformed():
+    with pytest.raises(KlingFxMalformedResponseError, match="not JSON"):
+        _api.parse_answer(200, b"<html>oops</html>", {}, method="GET", path="/p")
+
+
+def _api_error(status):
+    return KlingFxAPIError(status, "x")
+
+
+@pytest.mark.parametrize(
+    ("exc", "read", "create"),
+    [
+        (KlingFxTransportError("refused", reached_server=False), True, True),
+        (KlingFxTransportError("reset", reached_server=True), True, False),
+        (_api_error(429), True, True),
+        (_api_error(503), True, True),
+        (_api_error(500), True, False),
+        (_api_error(502), True, False),
+        (_api_error(504), True, False),
+        (_api_error(400), False, False),
+        (_api_error(404), False, False),
+        (KlingFxAuthError(401, "x"), False, False),
+        (KlingFxAuthError(403, "x"), False, False),
+        (KlingFxMalformedResponseError("garbage"), True, False),
+    ],
+    ids=["refused", "reset", "429", "503", "500", "502", "504", "400", "404", "401", "403", "garbage"],
+)
+def test_retry_decisions(exc, read, create):
+    assert _api.is_retryable(exc, idempotent=True) is read
+    assert _api.is_retryable(exc, idempotent=False) is create
+
+
+def test_ambiguous_create_failures_become_no_retry_errors():
+    ambiguous = _api.submission_failure(KlingFxTransportError("reset", reached_server=True))
+    assert isinstance(ambiguous, KlingFxAmbiguousSubmissionError)
+    assert "not resubmitting" in str(ambiguous)
+    safe = _api_error(503)
+    assert _api.submission_failure(safe) is safe
+    bad_request = _api_error(400)
+    assert _api.submission_failure(bad_request) is bad_request
+
+
+def test_retry_policy_honours_retry_after_and_caps_backoff():
+    sleeps: list[float] = []
+    calls = iter([KlingFxAPIError(429, "slow down", retry_after=7.0), _api_error(503), _api_error(503), None])
+
+    def call():
+        exc = next(calls)
+        if exc:
+            raise exc
+        return "ok"
+
+    policy = RetryPolicy(max_attempts=5, initial_wait=1.0, max_wait=4.0)
+    assert policy.retrying(idempotent=True, what="GET", sleep=sleeps.append)(call) == "ok"
+    assert sleeps[0] == 7.0
+    assert all(0 <= s <= 4.0 for s in sleeps[1:])
+    assert len(sleeps) == 3
+
+
+def test_retry_policy_gives_up_and_reraises_the_typed_error():
+    sleeps: list[float] = []
+
+    def call():
+        raise _api_error(500)
+
+    with pytest.raises(KlingFxAPIError, match="500"):
+        RetryPolicy(max_attempts=3).retrying(idempotent=True, what="GET", sleep=sleeps.append)(call)
+    assert len(sleeps) == 2
+
+
+def test_creates_are_not_retried_after_an_ambiguous_failure():
+    sleeps: list[float] = []
+    attempts = []
+
+    def call():
+        attempts.append(1)
+        raise KlingFxTransportError("reset", reached_server=True)
+
+    with pytest.raises(KlingFxTransportError):
+        RetryPolicy().retrying(idempotent=False, what="POST", sleep=sleeps.append)(call)
+    assert (len(attempts), sleeps) == (1, [])
+
+
+async def test_async_retrying_matches_sync():
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+
+    calls = iter([KlingFxTransportError("refused", reached_server=False), None])
+
+    async def call():
+        exc = next(calls)
+        if exc:
+            raise exc
+        return "ok"
+
+    retrying = RetryPolicy().async_retrying(idempotent=False, what="POST", sleep=sleep)
+    assert isinstance(retrying, tenacity.AsyncRetrying)
+    assert await retrying(call) == "ok"
+    assert len(sleeps) == 1
+
+
+def test_watch_logs_status_changes_not_every_poll_and_times_out():
+    watch = GenerationWatch("g", deadline=100.0, poll_interval=10.0, submitted_at=0.0)
+    queued = Generation.from_api({"id": "g", "status": "queued"})
+    generating = Generation.from_api({"id": "g", "status": "generating"})
+    step = watch.observe(queued, 1.0)
+    assert [m for _, m in step.messages] == ["Generation g is queued after 1s"]
+    assert step.sleep == 10.0
+    assert watch.observe(queued, 11.0).messages == []
+    assert [m for _, m in watch.observe(generating, 21.0).messages] == ["Generation g is generating after 21s"]
+    step = watch.observe(KlingFxTransportError("reset", reached_server=True), 31.0)
+    assert "waiting out a transient API error (1 in a row, 69s left" in step.messages[0][1]
+    assert watch.observe(generating, 95.0).sleep == 5.0
+    assert watch.observe(generating, 100.0).timed_out
+
+
+def test_watch_raises_errors_waiting_cannot_fix():
+    watch = GenerationWatch("g", deadline=100.0, poll_interval=10.0)
+    with pytest.raises(KlingFxAuthError):
+        watch.observe(KlingFxAuthError(401, "Unauthorized"), 1.0)

@@ -1,0 +1,222 @@
+"""The domain model: scenes, request validation, generation parsing, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_klingfx.domain import (
+    EFFECT_SCENES,
+    MODELS,
+    ONE_SUBJECT_SCENES,
+    PRO_EFFECTS_MODEL,
+    TWO_PERSON_SCENES,
+    EffectRequest,
+    Generation,
+    KlingFxError,
+    KlingFxGenerationFailedError,
+    KlingFxInvalidInputError,
+    KlingFxMalformedResponseError,
+    client_request_id,
+    image_count_range,
+)
+
+SCHEMA = Path(__file__).resolve().parents[3] / "shared" / "aimlapi" / "kling-v1.6-effects.openapi.json"
+A = "https://example.com/a.png"
+B = "https://example.com/b.jpg"
+
+
+def test_scene_list_matches_the_vendor_schema():
+    if not SCHEMA.exists():
+        pytest.skip(f"vendor schema not found at {SCHEMA}")
+    spec = json.loads(SCHEMA.read_text())
+    variants = spec["paths"]["/v2/video/generations"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"
+    ]["oneOf"]
+    assert [v["properties"]["model"]["enum"][0] for v in variants] == list(MODELS)
+    for variant in variants:
+        assert variant["properties"]["effect_scene"]["enum"] == list(EFFECT_SCENES)
+        assert variant["properties"]["duration"]["enum"] == [5, 10]
+
+
+def test_there_are_80_distinct_scenes():
+    assert len(EFFECT_SCENES) == len(set(EFFECT_SCENES)) == 80
+
+
+@pytest.mark.parametrize("scene", EFFECT_SCENES)
+def test_every_scene_accepts_its_documented_image_count(scene):
+    low, high = image_count_range(scene)
+    images = [A, B][:low]
+    request = EffectRequest.build(scene, images, 10, PRO_EFFECTS_MODEL)
+    body = request.to_body()
+    assert body["effect_scene"] == scene
+    assert body["duration"] == 10
+    assert body["model"] == PRO_EFFECTS_MODEL
+    # One image is sent as a string, two as a list, as the vendor's examples do.
+    assert body["image_url"] == (A if low == 1 else [A, B])
+    if high == 2:
+        assert EffectRequest.build(scene, [A, B]).to_body()["image_url"] == [A, B]
+    if low == 1:
+        assert EffectRequest.build(scene, A).image_urls == (A,)
+
+
+@pytest.mark.parametrize("scene", sorted(TWO_PERSON_SCENES))
+@pytest.mark.parametrize("images", [[A], [A, B, A]], ids=["one", "three"])
+def test_two_person_scenes_need_exactly_two_images(scene, images):
+    with pytest.raises(KlingFxInvalidInputError, match=rf"'{scene}' takes 2 images .*first image is placed on the left.*got {len(images)}"):
+        EffectRequest.build(scene, images)
+
+
+@pytest.mark.parametrize("scene", sorted(ONE_SUBJECT_SCENES))
+def test_single_subject_scenes_need_exactly_one_image(scene):
+    with pytest.raises(KlingFxInvalidInputError, match=rf"'{scene}' takes 1 image, got 2"):
+        EffectRequest.build(scene, [A, B])
+
+
+@pytest.mark.parametrize(
+    ("typo", "suggestion"),
+    [("hugg", "hug"), ("Hug", "hug"), ("kis", "kiss"), ("heart-gesture", "heart_gesture"), ("squeesh", "squish"),
+     ("expanssion", "expansion"), ("lets_ride", "let's_ride")],
+)
+def test_typo_in_scene_names_the_closest_scene(typo, suggestion):
+    with pytest.raises(KlingFxInvalidInputError, match=f"did you mean {suggestion!r}") as info:
+        EffectRequest.build(typo, [A, B])
+    assert "\n" not in str(info.value)
+
+
+def test_unrelated_scene_has_no_suggestion_but_says_where_the_list_is():
+    with pytest.raises(KlingFxInvalidInputError, match="Unknown effect_scene 'zzzzqqq' .*EFFECT_SCENES"):
+        EffectRequest.build("zzzzqqq", A)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"duration": 7}, "duration must be one of 5, 10 seconds, got 7"),
+        ({"duration": "7"}, "got '7'"),
+        ({"duration": True}, "got True"),
+        ({"duration": 5.5}, "got 5.5"),
+        ({"model": "klingai/kling-video-v1.6-standard"}, "did you mean 'klingai/kling-video-v1.6-standard-effects'"),
+        ({"model": "gpt"}, "Unknown model 'gpt'"),
+        ({"image_urls": None}, "takes 1 image, got 0"),
+        ({"image_urls": []}, "takes 1 image, got 0"),
+        ({"image_urls": [""]}, "image 1 is empty"),
+        ({"image_urls": [None]}, "image 1 is empty"),
+        ({"image_urls": "not a url"}, "must be a public http"),
+        ({"image_urls": "ftp://example.com/a.png"}, "must be a public http"),
+        ({"image_urls": "file:///etc/passwd"}, "must be a public http"),
+        ({"image_urls": "https://"}, "must be a public http"),
+        ({"image_urls": "https://exa mple.com/a.png"}, "must be a public http"),
+        ({"image_urls": 42}, "must be a URL or a list of URLs, got int"),
+        ({"effect_scene": ""}, "effect_scene must be a non-empty string"),
+        ({"effect_scene": None}, "effect_scene must be a non-empty string"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_bad_inputs_are_rejected_with_one_readable_line(kwargs, message):
+    args = {"effect_scene": "squish", "image_urls": A, "duration": 5} | kwargs
+    with pytest.raises(KlingFxInvalidInputError) as info:
+        EffectRequest.build(**args)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_templated_values_are_accepted():
+    request = EffectRequest.build("hug", str([A, B]), "10")
+    assert request.image_urls == (A, B)
+    assert request.duration == 10
+    assert EffectRequest.build("hug", json.dumps([A, B])).image_urls == (A, B)
+
+
+def test_invalid_input_fails_without_retries():
+    from airflow_provider_klingfx._compat import AirflowFailException
+
+    assert issubclass(KlingFxInvalidInputError, AirflowFailException)
+    assert issubclass(KlingFxGenerationFailedError, AirflowFailException)
+
+
+@pytest.mark.parametrize("status", ["queued", "generating", "waiting", "active", "Rendering", "paused"])
+def test_non_terminal_statuses_are_pending(status):
+    gen = Generation.from_api({"id": "g", "status": status})
+    assert gen.is_pending
+    assert not gen.is_completed
+    assert gen.is_known_status == (status in {"queued", "generating", "waiting", "active"})
+
+
+def test_completed_generation_carries_video_and_usage():
+    gen = Generation.from_api(
+        {
+            "id": "aa8d:kling-video/v1.6/standard/effects",
+            "status": "completed",
+            "video": {"url": "https://cdn/x.mp4", "content_type": "video/mp4", "file_name": "output.mp4", "file_size": 5375765},
+            "meta": {"usage": {"credits_used": 120000}},
+        },
+        {"X-Aimlapi-Usd-Spent": "0.21"},
+    )
+    assert gen.is_completed
+    assert gen.video is not None
+    assert gen.video.to_dict() == {"url": "https://cdn/x.mp4", "content_type": "video/mp4", "file_name": "output.mp4", "file_size": 5375765}
+    assert gen.usage is not None
+    assert (gen.usage.credits_used, gen.usage.usd_spent) == (120000.0, 0.21)
+
+
+def test_usage_from_headers_only():
+    gen = Generation.from_api({"id": "g", "status": "queued"}, {"x-aimlapi-credits-used": "42"})
+    assert gen.usage is not None
+    assert gen.usage.credits_used == 42.0
+
+
+def test_completed_without_url_is_malformed():
+    with pytest.raises(KlingFxMalformedResponseError, match="completed but has no video.url"):
+        Generation.from_api({"id": "g", "status": "completed", "video": None})
+
+
+@pytest.mark.parametrize("payload", [[], "x", None, {"status": "queued"}, {"id": "g"}, {"id": "", "status": "queued"}])
+def test_answers_that_are_not_generations_are_malformed(payload):
+    with pytest.raises(KlingFxMalformedResponseError):
+        Generation.from_api(payload)
+
+
+@pytest.mark.parametrize(
+    ("error", "reason", "error_type"),
+    [
+        (
+            {"detail": [{"loc": ["body", "image_url"], "msg": "Could not detect face in the image", "type": "face_detection_error", "input": "https://x/noface.png"}]},
+            "Could not detect face in the image (image_url: https://x/noface.png)",
+            "face_detection_error",
+        ),
+        ({"name": "FaceDetectionError", "message": "Could not detect face in the image"}, "Could not detect face in the image", "FaceDetectionError"),
+        ({"detail": "Internal failure"}, "Internal failure", None),
+        ("plain text reason", "plain text reason", None),
+        (None, "unrecognised error: no reason given", None),
+        ({"weird": 1}, 'unrecognised error: {"weird": 1}', None),
+    ],
+    ids=["detail-shape", "name-message-shape", "detail-string", "string", "null", "unknown-shape"],
+)
+def test_vendor_failure_reason_from_either_shape(error, reason, error_type):
+    gen = Generation.from_api({"id": "g1", "status": "error", "error": error})
+    assert gen.is_failed
+    assert gen.error is not None
+    assert (gen.error.reason, gen.error.error_type) == (reason, error_type)
+    with pytest.raises(KlingFxGenerationFailedError, match="generation g1 failed at the vendor") as info:
+        gen.raise_for_failure()
+    assert info.value.reason == reason
+
+
+def test_client_request_id_is_safe_and_bounded():
+    rid = client_request_id("my dag", "manual__2026-01-01T00:00:00+00:00", "task/x", 3, 1)
+    assert rid == "my_dag:manual__2026-01-01T00:00:00_00:00:task_x:3:1"
+    long = client_request_id("d" * 300, "r", "t")
+    assert len(long) == 128
+    assert long != client_request_id("d" * 301, "r", "t")
+    import re
+
+    assert re.fullmatch(r"[A-Za-z0-9._:-]{1,128}", long)
+
+
+def test_errors_are_airflow_exceptions():
+    from airflow.sdk.exceptions import AirflowException
+
+    assert issubclass(KlingFxError, AirflowException)
