@@ -1,0 +1,117 @@
+"""Runs real Airflow commands (``airflow dags test`` and friends) in an isolated AIRFLOW_HOME."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class DagRunResult:
+    """What one ``airflow dags test`` left behind."""
+
+    dag_id: str
+    returncode: int
+    output: str
+    run_id: str | None
+    state: str | None
+    xcoms: dict[tuple[str, int, str], Any] = field(default_factory=dict)
+    task_states: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def xcom(self, task_id: str, key: str = "return_value", map_index: int = -1) -> Any:
+        return self.xcoms[(task_id, map_index, key)]
+
+
+class AirflowEnv:
+    """An AIRFLOW_HOME with a migrated SQLite DB and a DAG folder of the examples and test DAGs."""
+
+    def __init__(self, home: Path, connection: dict[str, Any]) -> None:
+        self.home = home
+        dags = home / "dags"
+        dags.mkdir(parents=True, exist_ok=True)
+        for src in [*sorted((REPO / "example_dags").glob("*.py")), *sorted((REPO / "tests" / "dags").glob("*.py"))]:
+            shutil.copy(src, dags / src.name)
+        self.dags_folder = dags
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_KLINGFX_DEFAULT": json.dumps(connection),
+            "PYTHONWARNINGS": "ignore::DeprecationWarning:starlette",
+        }
+        self.outputs: list[str] = []
+
+    @property
+    def db_path(self) -> Path:
+        return self.home / "airflow.db"
+
+    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(BIN / "airflow"), *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        self.outputs.append(proc.stdout + proc.stderr)
+        return proc
+
+    def migrate(self) -> None:
+        proc = self.run("db", "migrate")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def dags_test(self, dag_id: str, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> DagRunResult:
+        args = ["dags", "test", dag_id]
+        if conf is not None:
+            args += ["-c", json.dumps(conf)]
+        proc = self.run(*args, env=env)
+        with sqlite3.connect(self.db_path) as db:
+            row = db.execute(
+                "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
+            ).fetchone()
+            run_id, state = row if row else (None, None)
+            xcoms = {
+                (task_id, map_index, key): json.loads(value) if isinstance(value, str) else value
+                for task_id, map_index, key, value in db.execute(
+                    "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+                )
+            }
+            states = {
+                (task_id, map_index): ti_state
+                for task_id, map_index, ti_state in db.execute(
+                    "SELECT task_id, map_index, state FROM task_instance WHERE dag_id = ? AND run_id = ?",
+                    (dag_id, run_id),
+                )
+            }
+        return DagRunResult(dag_id, proc.returncode, proc.stdout + proc.stderr, run_id, state, xcoms, states)
+
+    def places_containing(self, secret: str) -> list[str]:
+        """Every file under AIRFLOW_HOME (DB included), DB table, and captured output holding ``secret``."""
+        found = []
+        needle = secret.encode()
+        for path in self.home.rglob("*"):
+            if path.is_file() and needle in path.read_bytes():
+                found.append(str(path))
+        with sqlite3.connect(self.db_path) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+            for table in tables:
+                for row in db.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - table names from the DB itself
+                    if any(secret in str(v) for v in row):
+                        found.append(f"table {table}")
+                        break
+        found += [f"command output #{i}" for i, out in enumerate(self.outputs) if secret in out]
+        return found

@@ -1,0 +1,75 @@
+"""Shared fixtures: a real emulator on 127.0.0.1, connections, and a recorder for sleeps."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, RunningEmulator, run_emulator_in_thread
+
+#: A key unique to this test session, so finding it anywhere proves a leak.
+API_KEY = f"sk-klingfx-test-{secrets.token_hex(12)}"
+
+
+@pytest.fixture(scope="session")
+def api_key() -> str:
+    return API_KEY
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[RunningEmulator]:
+    config = EmulatorConfig(api_key=API_KEY, queued_seconds=0.05, generating_seconds=0.2, render="off")
+    with run_emulator_in_thread(config) as emu:
+        yield emu
+
+
+@pytest.fixture
+def emulator(emulator_server: RunningEmulator) -> Iterator[RunningEmulator]:
+    """The session's emulator, with no faults and empty stats for this test."""
+    emulator_server.reset()
+    emulator_server.set_faults([])
+    yield emulator_server
+    emulator_server.set_faults([])
+
+
+@pytest.fixture
+def connection(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator):
+    """Define ``klingfx_default`` (and others on demand) as env-var connections to the emulator."""
+
+    def define(conn_id: str = "klingfx_default", **fields: Any) -> str:
+        conn = {"conn_type": "klingfx", "host": emulator.url, "password": API_KEY} | fields
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(conn))
+        return conn_id
+
+    define()
+    return define
+
+
+class SleepRecorder:
+    """Stands in for time.sleep / asyncio.sleep: records the waits instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        # Yield to the loop like a real sleep would, but without waiting.
+        import asyncio
+
+        await asyncio.sleep(0)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+def faults(*rules: dict[str, Any]) -> list[FaultRule]:
+    return [FaultRule(**r) for r in rules]

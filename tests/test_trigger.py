@@ -1,0 +1,226 @@
+"""The real trigger against the emulator, with an injected sleep so the tests do not wait."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import time
+
+import pytest
+
+from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
+from tests.conftest import API_KEY, SleepRecorder, faults
+from tests.test_hook import FAST, hug, make_hook, squish
+
+
+async def events_of(trigger: KlingFxGenerationTrigger) -> list[dict]:
+    return [event.payload async for event in trigger.run()]
+
+
+def submit(emulator, _sleeps, request) -> str:
+    hook = make_hook(SleepRecorder())
+    try:
+        return hook.submit(request)
+    finally:
+        hook.close()
+
+
+def make_trigger(gen_id: str, sleep, *, deadline: float | None = None, conn_id: str = "klingfx_default"):
+    return KlingFxGenerationTrigger(
+        generation_id=gen_id,
+        deadline=deadline if deadline is not None else time.time() + 60,
+        klingfx_conn_id=conn_id,
+        poll_interval=0.05,
+        submitted_at=time.time(),
+        sleep=sleep,
+    )
+
+
+class RealSleep:
+    """A real but short asyncio sleep that also records, for tests that need the clock to move."""
+
+    def __init__(self) -> None:
+        self.calls: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls.append(seconds)
+        await asyncio.sleep(min(seconds, 0.05))
+
+
+def test_serialize_round_trip_holds_only_plain_values_and_no_key():
+    trigger = KlingFxGenerationTrigger("g:kling-video/v1.6/standard/effects", deadline=1800000000.5, poll_interval=7)
+    path, kwargs = trigger.serialize()
+    assert path == "airflow_provider_klingfx.triggers.klingfx.KlingFxGenerationTrigger"
+    assert kwargs == {
+        "generation_id": "g:kling-video/v1.6/standard/effects",
+        "deadline": 1800000000.5,
+        "klingfx_conn_id": "klingfx_default",
+        "poll_interval": 7.0,
+        "submitted_at": None,
+    }
+    json.dumps(kwargs)  # plain JSON, as Airflow stores it
+    module, name = path.rsplit(".", 1)
+    again = getattr(importlib.import_module(module), name)(**kwargs)
+    assert again.serialize() == (path, kwargs)
+    assert API_KEY not in repr(trigger)
+
+
+async def test_success_event_carries_the_video(emulator, connection):
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    events = await events_of(make_trigger(gen_id, sleep))
+    assert len(events) == 1
+    event = events[0]
+    assert event["status"] == "success"
+    assert event["generation_id"] == gen_id
+    assert event["video"]["url"].startswith(emulator.url)
+    assert event["video"]["content_type"] == "video/mp4"
+    assert event["usage"] == {"credits_used": 120000.0, "usd_spent": None}
+    assert event["polls"] >= 2
+    assert API_KEY not in json.dumps(event)
+
+
+async def test_status_changes_are_logged_once_each(emulator, connection, capfd):
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    await events_of(make_trigger(gen_id, sleep))
+    out = capfd.readouterr().out
+    lines = [line for line in out.splitlines() if f"Generation {gen_id} is " in line]
+    statuses = [line.split(f"Generation {gen_id} is ")[1].split()[0] for line in lines]
+    assert statuses[-1] == "completed"
+    assert len(statuses) == len(set(statuses)), statuses  # one line per change, not per poll
+    assert all(" after " in line for line in lines)
+
+
+@pytest.mark.parametrize("shape", ["detail", "name_message"])
+async def test_vendor_failure_event_has_the_reason(emulator, connection, shape):
+    emulator.call(lambda: setattr(emulator.config, "error_shape", shape))
+    sleep = RealSleep()
+    try:
+        gen_id = submit(emulator, sleep, hug(emulator, "landscape-noface.png"))
+        (event,) = await events_of(make_trigger(gen_id, sleep))
+    finally:
+        emulator.call(lambda: setattr(emulator.config, "error_shape", "detail"))
+    assert event["status"] == "error"
+    assert event["error_kind"] == "generation_failed"
+    assert "Could not detect face in the image" in event["reason"]
+    assert event["generation_id"] == gen_id
+
+
+async def test_deadline_in_the_past_gives_a_timeout_event_after_one_look(emulator, connection, sleeps):
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
+    try:
+        gen_id = submit(emulator, sleeps, squish(emulator))
+        (event,) = await events_of(make_trigger(gen_id, sleeps.asleep, deadline=time.time() - 1))
+    finally:
+        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
+    assert event["status"] == "timeout"
+    assert event["generation_id"] == gen_id
+    assert event["last_status"] in {"queued", "generating"}
+    assert sleeps.calls == []
+
+
+async def test_deadline_is_enforced_with_an_injected_clock(emulator, connection, sleeps):
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
+    now = [5000.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.calls.append(seconds)
+        now[0] += seconds
+
+    try:
+        gen_id = submit(emulator, sleeps, squish(emulator))
+        trigger = KlingFxGenerationTrigger(
+            gen_id, deadline=5000.0 + 45, poll_interval=10, submitted_at=5000.0, sleep=fake_sleep, clock=lambda: now[0]
+        )
+        (event,) = await events_of(trigger)
+    finally:
+        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
+    assert event["status"] == "timeout"
+    assert event["waited_seconds"] == 45.0
+    assert sleeps.calls == [10.0, 10.0, 10.0, 10.0, 5.0]
+
+
+async def test_bad_key_gives_an_auth_error_event(emulator, connection, sleeps):
+    gen_id = submit(emulator, sleeps, squish(emulator))
+    connection("bad", password="sk-wrong-key-123456")
+    (event,) = await events_of(make_trigger(gen_id, sleeps.asleep, conn_id="bad"))
+    assert event["status"] == "error"
+    assert event["error_kind"] == "auth"
+    assert event["status_code"] == 401
+    assert "sk-wrong-key" not in json.dumps(event)
+
+
+async def test_missing_connection_gives_an_error_event(emulator, sleeps):
+    (event,) = await events_of(make_trigger("g", sleeps.asleep, conn_id="no_such_conn"))
+    assert event["error_kind"] == "connection_config"
+    assert "no_such_conn" in event["message"]
+
+
+async def test_transient_storm_is_waited_out_until_the_deadline(emulator, connection):
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    emulator.set_faults(faults({"action": "status", "status": 502, "route": "fetch", "times": 12}))
+    hook_policy = FAST  # each fetch makes FAST.max_attempts attempts; 12 failures span 3 polls
+    assert hook_policy.max_attempts == 4
+    (event,) = await events_of(make_trigger(gen_id, sleep))
+    assert event["status"] == "success"
+
+
+async def test_storm_past_the_deadline_ends_in_timeout_naming_the_last_error(emulator, connection):
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": -1}))
+    (event,) = await events_of(make_trigger(gen_id, sleep, deadline=time.time() + 0.3))
+    assert event["status"] == "timeout"
+    assert "503" in event["last_error"]
+
+
+async def test_cancelled_trigger_is_recreated_from_serialize_and_keeps_its_deadline(emulator, connection):
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 1.0))
+    sleep = RealSleep()
+    try:
+        gen_id = submit(emulator, sleep, squish(emulator))
+        deadline = time.time() + 60
+        first = make_trigger(gen_id, sleep, deadline=deadline)
+        task = asyncio.create_task(events_of(first))
+        await asyncio.sleep(0.2)  # let it poll at least once
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        path, kwargs = first.serialize()
+        assert kwargs["deadline"] == deadline
+        second = KlingFxGenerationTrigger(**kwargs, sleep=sleep)
+        (event,) = await events_of(second)
+    finally:
+        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
+    assert event["status"] == "success"
+    assert emulator.stats()["submissions"] == 1
+
+
+async def test_trigger_never_blocks_the_event_loop(emulator, connection):
+    """With asyncio debug on, any callback that holds the loop for >50 ms is reported."""
+    loop = asyncio.get_running_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.05
+    slow: list[str] = []
+    import logging
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "Executing" in record.getMessage() and "took" in record.getMessage():
+                slow.append(record.getMessage())
+
+    handler = Catch()
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        sleep = RealSleep()
+        gen_id = submit(emulator, sleep, squish(emulator))
+        # Fresh hook module state: the connection is read through aget_connection, not a sync call.
+        (event,) = await events_of(make_trigger(gen_id, sleep))
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+        loop.set_debug(False)
+    assert event["status"] == "success"
+    assert slow == []
