@@ -1,7 +1,8 @@
 """A scheduled generation: every day, render the day's effect for a photo named after the date.
 
 Needs a connection ``klingfx_default`` of type ``klingfx`` and an Airflow Variable
-``klingfx_photo_base_url`` (e.g. ``https://media.example.com/daily``; env ``AIRFLOW_VAR_KLINGFX_PHOTO_BASE_URL``)
+``klingfx_photo_base_url`` (e.g. ``https://media.example.com/daily``; or the environment variable
+``AIRFLOW_VAR_KLINGFX_PHOTO_BASE_URL``)
 under which a photo ``<YYYY-MM-DD>.png`` arrives each day. The scene alternates by weekday:
 ``squish`` on even days of the year, ``expansion`` on odd ones, all from templates, so nothing is
 computed when the DAG file is parsed.

@@ -20,7 +20,9 @@ with DAG(
     catchup=False,
     tags=["example", "klingfx"],
     params={
-        "left_photo": Param("https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg", type="string"),
+        "left_photo": Param(
+            "https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg", type="string"
+        ),
         "right_photo": Param(
             "https://storage.googleapis.com/falserverless/juggernaut_examples/QEW5VrzccxGva7mPfEXjf.png",
             type="string",

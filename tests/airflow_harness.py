@@ -39,7 +39,10 @@ class AirflowEnv:
         self.home = home
         dags = home / "dags"
         dags.mkdir(parents=True, exist_ok=True)
-        for src in [*sorted((REPO / "example_dags").glob("*.py")), *sorted((REPO / "tests" / "dags").glob("*.py"))]:
+        for src in [
+            *sorted((REPO / "example_dags").glob("*.py")),
+            *sorted((REPO / "tests" / "dags").glob("*.py")),
+        ]:
             shutil.copy(src, dags / src.name)
         self.dags_folder = dags
         self.env = {
@@ -58,7 +61,9 @@ class AirflowEnv:
     def db_path(self) -> Path:
         return self.home / "airflow.db"
 
-    def run(self, *args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 240
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(BIN / "airflow"), *args],
             env={**self.env, **(env or {})},
@@ -74,7 +79,9 @@ class AirflowEnv:
         proc = self.run("db", "migrate")
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    def dags_test(self, dag_id: str, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> DagRunResult:
+    def dags_test(
+        self, dag_id: str, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> DagRunResult:
         args = ["dags", "test", dag_id]
         if conf is not None:
             args += ["-c", json.dumps(conf)]
@@ -87,7 +94,8 @@ class AirflowEnv:
             xcoms = {
                 (task_id, map_index, key): json.loads(value) if isinstance(value, str) else value
                 for task_id, map_index, key, value in db.execute(
-                    "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+                    "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?",
+                    (dag_id, run_id),
                 )
             }
             states = {
@@ -109,7 +117,7 @@ class AirflowEnv:
         with sqlite3.connect(self.db_path) as db:
             tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
             for table in tables:
-                for row in db.execute(f'SELECT * FROM "{table}"'):  # noqa: S608 - table names from the DB itself
+                for row in db.execute(f'SELECT * FROM "{table}"'):
                     if any(secret in str(v) for v in row):
                         found.append(f"table {table}")
                         break

@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, RunningEmulator, run_emulator_in_thread
+from airflow_provider_klingfx.emulator import (
+    EmulatorConfig,
+    FaultRule,
+    RunningEmulator,
+    run_emulator_in_thread,
+)
 
 #: A key unique to this test session, so finding it anywhere proves a leak.
 API_KEY = f"sk-klingfx-test-{secrets.token_hex(12)}"

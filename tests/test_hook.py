@@ -30,11 +30,15 @@ def squish(emulator, name: str = "person-1.png") -> EffectRequest:
 
 
 def hug(emulator, second: str = "person-2.png") -> EffectRequest:
-    return EffectRequest.build("hug", [f"{emulator.url}/samples/person-1.png", f"{emulator.url}/samples/{second}"])
+    return EffectRequest.build(
+        "hug", [f"{emulator.url}/samples/person-1.png", f"{emulator.url}/samples/{second}"]
+    )
 
 
 def make_hook(sleeps, conn_id: str = "klingfx_default", **kwargs) -> KlingFxHook:
-    return KlingFxHook(conn_id, retry_policy=FAST, sleep=sleeps, async_sleep=sleeps.asleep, read_timeout=2, **kwargs)
+    return KlingFxHook(
+        conn_id, retry_policy=FAST, sleep=sleeps, async_sleep=sleeps.asleep, read_timeout=2, **kwargs
+    )
 
 
 def posts_seen(emulator, at_least: int = 1, patience: float = 10.0) -> list[dict]:
@@ -53,7 +57,11 @@ def request_paths(emulator) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize(
     ("endpoint", "path"),
-    [(None, "/v2/video/generations"), ("universal", "/v2/video/generations"), ("legacy", "/v2/generate/video/kling/generation")],
+    [
+        (None, "/v2/video/generations"),
+        ("universal", "/v2/video/generations"),
+        ("legacy", "/v2/generate/video/kling/generation"),
+    ],
 )
 def test_sync_submit_and_wait_on_each_endpoint_style(emulator, connection, sleeps, endpoint, path):
     connection("kfx", extra={"endpoint": endpoint} if endpoint else {})
@@ -142,7 +150,7 @@ def test_out_of_credits_is_a_403_auth_error(emulator, connection, sleeps):
     config = EmulatorConfig(api_key=API_KEY, credits=100, render="off")
     with run_emulator_in_thread(config) as broke:
         connection("broke", host=broke.url)
-        with pytest.raises(KlingFxAuthError, match="403 .*Insufficient credits"):
+        with pytest.raises(KlingFxAuthError, match=r"403 .*Insufficient credits"):
             make_hook(sleeps, "broke").submit(squish(emulator))
         assert broke.stats()["submissions"] == 0
 
@@ -151,14 +159,14 @@ def test_body_validation_error_carries_vendor_details(emulator, connection, slee
     hook = make_hook(sleeps)
     # Bypass local validation on purpose, to see the API's own answer.
     bad = EffectRequest(effect_scene="not_a_scene", image_urls=(f"{emulator.url}/samples/person-1.png",))
-    with pytest.raises(KlingFxAPIError, match="400 .*Body validation error!.*effect_scene") as info:
+    with pytest.raises(KlingFxAPIError, match=r"400 .*Body validation error!.*effect_scene") as info:
         hook.submit(bad)
     assert not isinstance(info.value, KlingFxAuthError)
     assert sleeps.calls == []
 
 
 def test_unknown_generation_is_a_404(emulator, connection, sleeps):
-    with pytest.raises(KlingFxAPIError, match="404 .*Generation not found"):
+    with pytest.raises(KlingFxAPIError, match=r"404 .*Generation not found"):
         make_hook(sleeps).get_generation("nope:kling-video/v1.6/standard/effects")
 
 

@@ -49,7 +49,9 @@ class RealSleep:
 
 
 def test_serialize_round_trip_holds_only_plain_values_and_no_key():
-    trigger = KlingFxGenerationTrigger("g:kling-video/v1.6/standard/effects", deadline=1800000000.5, poll_interval=7)
+    trigger = KlingFxGenerationTrigger(
+        "g:kling-video/v1.6/standard/effects", deadline=1800000000.5, poll_interval=7
+    )
     path, kwargs = trigger.serialize()
     assert path == "airflow_provider_klingfx.triggers.klingfx.KlingFxGenerationTrigger"
     assert kwargs == {
@@ -132,7 +134,12 @@ async def test_deadline_is_enforced_with_an_injected_clock(emulator, connection,
     try:
         gen_id = submit(emulator, sleeps, squish(emulator))
         trigger = KlingFxGenerationTrigger(
-            gen_id, deadline=5000.0 + 45, poll_interval=10, submitted_at=5000.0, sleep=fake_sleep, clock=lambda: now[0]
+            gen_id,
+            deadline=5000.0 + 45,
+            poll_interval=10,
+            submitted_at=5000.0,
+            sleep=fake_sleep,
+            clock=lambda: now[0],
         )
         (event,) = await events_of(trigger)
     finally:
@@ -189,7 +196,7 @@ async def test_cancelled_trigger_is_recreated_from_serialize_and_keeps_its_deadl
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        path, kwargs = first.serialize()
+        _, kwargs = first.serialize()
         assert kwargs["deadline"] == deadline
         second = KlingFxGenerationTrigger(**kwargs, sleep=sleep)
         (event,) = await events_of(second)

@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
+    from av.video.stream import VideoStream
     from PIL import Image as PILImage
+    from PIL import ImageFont as PILImageFont
 
 #: Side of the square output video, in pixels (even, as yuv420p requires).
 VIDEO_SIZE = 320
@@ -70,7 +72,7 @@ def pick_codec() -> str:
     return "libx264" if "libx264" in av.codecs_available else "mpeg4"
 
 
-def _font(size: int) -> object:
+def _font(size: int) -> PILImageFont.ImageFont | PILImageFont.FreeTypeFont:
     from PIL import ImageFont
 
     try:
@@ -96,18 +98,20 @@ def placeholder_frame(effect_scene: str, size: int = VIDEO_SIZE, position: int =
     )
     font = _font(max(10, size // 14))
     small = _font(max(8, size // 20))
-    draw.text((size / 2, size * 0.42), effect_scene, fill=(235, 235, 240), font=font, anchor="mm")  # type: ignore[arg-type]
+    draw.text((size / 2, size * 0.42), effect_scene, fill=(235, 235, 240), font=font, anchor="mm")
     draw.text(
         (size / 2, size * 0.58),
         f"image {position + 1} unavailable",
         fill=(170, 175, 190),
-        font=small,  # type: ignore[arg-type]
+        font=small,
         anchor="mm",
     )
     return img
 
 
-def _load_photo(data: bytes | None, effect_scene: str, size: int, position: int) -> tuple[PILImage.Image, bool]:
+def _load_photo(
+    data: bytes | None, effect_scene: str, size: int, position: int
+) -> tuple[PILImage.Image, bool]:
     """Decode ``data`` into a square RGB image of ``size``; (placeholder, True) if that fails."""
     from PIL import Image, ImageOps
 
@@ -229,7 +233,7 @@ def encode_mp4(
     os.close(fd)
     try:
         with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
-            stream = container.add_stream(codec, rate=fps)
+            stream = cast("VideoStream", container.add_stream(codec, rate=fps))
             stream.width = size
             stream.height = size
             stream.pix_fmt = "yuv420p"
@@ -294,7 +298,9 @@ def render_tiny_video(seconds: int = 1, *, fps: int = FPS, size: int = 64) -> by
     return data
 
 
-def _draw_person(background: tuple[int, int, int], skin: tuple[int, int, int], hair: tuple[int, int, int]) -> PILImage.Image:
+def _draw_person(
+    background: tuple[int, int, int], skin: tuple[int, int, int], hair: tuple[int, int, int]
+) -> PILImage.Image:
     from PIL import Image, ImageDraw
 
     size = 512

@@ -86,15 +86,22 @@ def test_headers_carry_key_agent_and_trace_id():
 def test_api_key_never_shows():
     key = _api.ApiKey(KEY)
     assert KEY not in repr(key) and KEY not in str(key) and KEY not in f"{key}"
-    with pytest.raises(TypeError):
-        import pickle
+    import pickle
 
+    with pytest.raises(TypeError):
         pickle.dumps(key)
 
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("3", 3.0), ("0", 0.0), ("1000", _api.MAX_RETRY_AFTER), ("Thu, 01 Jan 2026 00:00:10 GMT", 10.0), ("soon", None), (None, None)],
+    [
+        ("3", 3.0),
+        ("0", 0.0),
+        ("1000", _api.MAX_RETRY_AFTER),
+        ("Thu, 01 Jan 2026 00:00:10 GMT", 10.0),
+        ("soon", None),
+        (None, None),
+    ],
 )
 def test_retry_after(value, seconds):
     assert _api.parse_retry_after(value, now=1767225600.0) == seconds
@@ -102,18 +109,30 @@ def test_retry_after(value, seconds):
 
 def test_error_envelope_becomes_typed_error_with_vendor_words():
     body = json.dumps(
-        {"message": "Unauthorized", "path": "/v2/video/generations", "requestId": "req-1", "statusCode": 401, "timestamp": "t"}
+        {
+            "message": "Unauthorized",
+            "path": "/v2/video/generations",
+            "requestId": "req-1",
+            "statusCode": 401,
+            "timestamp": "t",
+        }
     ).encode()
     err = _api.error_from_response(401, body, {}, method="POST", path="/v2/video/generations")
     assert isinstance(err, KlingFxAuthError)
     assert (err.status_code, err.vendor_message, err.request_id) == (401, "Unauthorized", "req-1")
-    assert str(err).startswith("AI/ML API answered 401 to POST /v2/video/generations: Unauthorized (request id req-1)")
-    validation = json.dumps({"message": "Body validation error!", "errors": [{"path": "effect_scene", "message": "bad"}]}).encode()
+    assert str(err).startswith(
+        "AI/ML API answered 401 to POST /v2/video/generations: Unauthorized (request id req-1)"
+    )
+    validation = json.dumps(
+        {"message": "Body validation error!", "errors": [{"path": "effect_scene", "message": "bad"}]}
+    ).encode()
     err = _api.error_from_response(400, validation, {"X-Request-Id": "r2"}, method="POST", path="/p")
     assert type(err) is KlingFxAPIError
     assert err.vendor_message == "Body validation error! (effect_scene: bad)"
     assert err.request_id == "r2"
-    err = _api.error_from_response(502, b"<html>Bad gateway</html>", {"Retry-After": "2"}, method="GET", path="/p")
+    err = _api.error_from_response(
+        502, b"<html>Bad gateway</html>", {"Retry-After": "2"}, method="GET", path="/p"
+    )
     assert (err.vendor_message, err.retry_after) == ("<html>Bad gateway</html>", 2.0)
 
 
@@ -228,7 +247,9 @@ def test_watch_logs_status_changes_not_every_poll_and_times_out():
     assert [m for _, m in step.messages] == ["Generation g is queued after 1s"]
     assert step.sleep == 10.0
     assert watch.observe(queued, 11.0).messages == []
-    assert [m for _, m in watch.observe(generating, 21.0).messages] == ["Generation g is generating after 21s"]
+    assert [m for _, m in watch.observe(generating, 21.0).messages] == [
+        "Generation g is generating after 21s"
+    ]
     step = watch.observe(KlingFxTransportError("reset", reached_server=True), 31.0)
     assert "waiting out a transient API error (1 in a row, 69s left" in step.messages[0][1]
     assert watch.observe(generating, 95.0).sleep == 5.0

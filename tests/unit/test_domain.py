@@ -65,7 +65,10 @@ def test_every_scene_accepts_its_documented_image_count(scene):
 @pytest.mark.parametrize("scene", sorted(TWO_PERSON_SCENES))
 @pytest.mark.parametrize("images", [[A], [A, B, A]], ids=["one", "three"])
 def test_two_person_scenes_need_exactly_two_images(scene, images):
-    with pytest.raises(KlingFxInvalidInputError, match=rf"'{scene}' takes 2 images .*first image is placed on the left.*got {len(images)}"):
+    with pytest.raises(
+        KlingFxInvalidInputError,
+        match=rf"'{scene}' takes 2 images .*first image is placed on the left.*got {len(images)}",
+    ):
         EffectRequest.build(scene, images)
 
 
@@ -77,8 +80,15 @@ def test_single_subject_scenes_need_exactly_one_image(scene):
 
 @pytest.mark.parametrize(
     ("typo", "suggestion"),
-    [("hugg", "hug"), ("Hug", "hug"), ("kis", "kiss"), ("heart-gesture", "heart_gesture"), ("squeesh", "squish"),
-     ("expanssion", "expansion"), ("lets_ride", "let's_ride")],
+    [
+        ("hugg", "hug"),
+        ("Hug", "hug"),
+        ("kis", "kiss"),
+        ("heart-gesture", "heart_gesture"),
+        ("squeesh", "squish"),
+        ("expanssion", "expansion"),
+        ("lets_ride", "let's_ride"),
+    ],
 )
 def test_typo_in_scene_names_the_closest_scene(typo, suggestion):
     with pytest.raises(KlingFxInvalidInputError, match=f"did you mean {suggestion!r}") as info:
@@ -87,7 +97,7 @@ def test_typo_in_scene_names_the_closest_scene(typo, suggestion):
 
 
 def test_unrelated_scene_has_no_suggestion_but_says_where_the_list_is():
-    with pytest.raises(KlingFxInvalidInputError, match="Unknown effect_scene 'zzzzqqq' .*EFFECT_SCENES"):
+    with pytest.raises(KlingFxInvalidInputError, match=r"Unknown effect_scene 'zzzzqqq' .*EFFECT_SCENES"):
         EffectRequest.build("zzzzqqq", A)
 
 
@@ -98,7 +108,10 @@ def test_unrelated_scene_has_no_suggestion_but_says_where_the_list_is():
         ({"duration": "7"}, "got '7'"),
         ({"duration": True}, "got True"),
         ({"duration": 5.5}, "got 5.5"),
-        ({"model": "klingai/kling-video-v1.6-standard"}, "did you mean 'klingai/kling-video-v1.6-standard-effects'"),
+        (
+            {"model": "klingai/kling-video-v1.6-standard"},
+            "did you mean 'klingai/kling-video-v1.6-standard-effects'",
+        ),
         ({"model": "gpt"}, "Unknown model 'gpt'"),
         ({"image_urls": None}, "takes 1 image, got 0"),
         ({"image_urls": []}, "takes 1 image, got 0"),
@@ -150,14 +163,24 @@ def test_completed_generation_carries_video_and_usage():
         {
             "id": "aa8d:kling-video/v1.6/standard/effects",
             "status": "completed",
-            "video": {"url": "https://cdn/x.mp4", "content_type": "video/mp4", "file_name": "output.mp4", "file_size": 5375765},
+            "video": {
+                "url": "https://cdn/x.mp4",
+                "content_type": "video/mp4",
+                "file_name": "output.mp4",
+                "file_size": 5375765,
+            },
             "meta": {"usage": {"credits_used": 120000}},
         },
         {"X-Aimlapi-Usd-Spent": "0.21"},
     )
     assert gen.is_completed
     assert gen.video is not None
-    assert gen.video.to_dict() == {"url": "https://cdn/x.mp4", "content_type": "video/mp4", "file_name": "output.mp4", "file_size": 5375765}
+    assert gen.video.to_dict() == {
+        "url": "https://cdn/x.mp4",
+        "content_type": "video/mp4",
+        "file_name": "output.mp4",
+        "file_size": 5375765,
+    }
     assert gen.usage is not None
     assert (gen.usage.credits_used, gen.usage.usd_spent) == (120000.0, 0.21)
 
@@ -169,11 +192,13 @@ def test_usage_from_headers_only():
 
 
 def test_completed_without_url_is_malformed():
-    with pytest.raises(KlingFxMalformedResponseError, match="completed but has no video.url"):
+    with pytest.raises(KlingFxMalformedResponseError, match=r"completed but has no video.url"):
         Generation.from_api({"id": "g", "status": "completed", "video": None})
 
 
-@pytest.mark.parametrize("payload", [[], "x", None, {"status": "queued"}, {"id": "g"}, {"id": "", "status": "queued"}])
+@pytest.mark.parametrize(
+    "payload", [[], "x", None, {"status": "queued"}, {"id": "g"}, {"id": "", "status": "queued"}]
+)
 def test_answers_that_are_not_generations_are_malformed(payload):
     with pytest.raises(KlingFxMalformedResponseError):
         Generation.from_api(payload)
@@ -183,11 +208,24 @@ def test_answers_that_are_not_generations_are_malformed(payload):
     ("error", "reason", "error_type"),
     [
         (
-            {"detail": [{"loc": ["body", "image_url"], "msg": "Could not detect face in the image", "type": "face_detection_error", "input": "https://x/noface.png"}]},
+            {
+                "detail": [
+                    {
+                        "loc": ["body", "image_url"],
+                        "msg": "Could not detect face in the image",
+                        "type": "face_detection_error",
+                        "input": "https://x/noface.png",
+                    }
+                ]
+            },
             "Could not detect face in the image (image_url: https://x/noface.png)",
             "face_detection_error",
         ),
-        ({"name": "FaceDetectionError", "message": "Could not detect face in the image"}, "Could not detect face in the image", "FaceDetectionError"),
+        (
+            {"name": "FaceDetectionError", "message": "Could not detect face in the image"},
+            "Could not detect face in the image",
+            "FaceDetectionError",
+        ),
         ({"detail": "Internal failure"}, "Internal failure", None),
         ("plain text reason", "plain text reason", None),
         (None, "unrecognised error: no reason given", None),

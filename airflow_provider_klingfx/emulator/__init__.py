@@ -1,0 +1,81 @@
+"""A local emulator of the AI/ML API for the Kling v1.6 effects models (like moto for AWS).
+
+An aiohttp server that answers like the vendor API: for the demo, for the test-suite (over real
+HTTP on 127.0.0.1) and for testing DAGs offline. Start it with::
+
+    python -m airflow_provider_klingfx.emulator --port 0
+
+which prints one line ``KLINGFX EMULATOR LISTENING http://HOST:PORT``, or in-process with
+:func:`run_emulator_in_thread`, or mount :func:`create_app` in aiohttp's test server.
+
+What it emulates:
+
+* ``POST /v2/video/generations`` (and the legacy ``/v2/generate/video/kling/generation``): bearer
+  key (default ``emulator-key`` or ``$KLINGFX_EMULATOR_API_KEY``), the vendor schema's validation
+  plus the documented image counts (hug, kiss, heart_gesture: exactly 2; squish, expansion: 1;
+  others 1 or 2), errors in the vendor's JSON envelope, an optional credit budget (403 when spent);
+* ``GET`` on the same paths with ``?generation_id=``: ``queued`` -> ``generating`` -> ``completed``
+  or ``error``, computed from a clock you can inject, with a real MP4 served under
+  ``/files/<uuid>/output.mp4`` once completed;
+* sample photos at ``/samples/person-1.png`` .. ``person-3.png`` and ``/samples/landscape-noface.png``;
+* fault injection (:class:`FaultRule`): HTTP errors with ``Retry-After``, dropped connections
+  (also after a create was accepted: the ambiguous case), slow answers, non-JSON answers;
+* admin endpoints without auth: ``GET /_emulator/stats``, ``POST /_emulator/faults``,
+  ``POST /_emulator/reset``, and ``GET /health``.
+
+``GET /_emulator/stats`` answers ``{"submissions": <accepted creates>, "requests": [{"method",
+"path", "query_generation_id", "client_request_id", "status", "fault"}, ...], "faults_injected": n,
+"generations": {id: status}}`` plus ``requests_total``, ``renders_pending``, ``credits_spent``,
+``credits_remaining`` and ``fault_rules``. Requests to ``/_emulator/*`` and ``/health`` are not
+recorded; a dropped connection is recorded with ``"status": null``. ``POST /_emulator/reset``
+forgets generations, videos, records and counters, restores the credit budget and re-arms the
+configured fault rules.
+
+Face detection rule: the emulator has no face detector. An image "has no face" when its URL
+contains ``noface`` (case-insensitive). A two-person scene (``hug``, ``kiss``, ``heart_gesture``)
+given such an image ends in status ``error`` with the face-detection error, in the configured
+shape: ``{"detail": [{"loc": ["body", "image_url"], "msg": "Could not detect face in the image",
+"type": "face_detection_error", "input": <url>}]}`` (default, as seen in practice) or the schema's
+``{"name": "FaceDetectionError", "message": "Could not detect face in the image"}``. Other scenes
+render such an image normally.
+
+Input images are downloaded by the emulator (5 s timeout, 10 MB limit); one that can't be
+downloaded or decoded is replaced by a placeholder frame naming the scene. Only run it where the
+clients are trusted: it fetches whatever image URL it is given. It never logs request headers,
+so neither the ``Authorization`` header nor the key reach a log.
+
+Importing this package imports aiohttp but neither PyAV nor Pillow: they are loaded when the first
+video or sample image is rendered.
+"""
+
+from __future__ import annotations
+
+from airflow_provider_klingfx.emulator.app import (
+    ACCESS_LOG_FORMAT,
+    API_KEY_ENV,
+    DEFAULT_API_KEY,
+    STATE_KEY,
+    EmulatorConfig,
+    EmulatorState,
+    FaultRule,
+    GenerationRecord,
+    RunningEmulator,
+    create_app,
+    run_emulator_in_thread,
+    validate_create_body,
+)
+
+__all__ = [
+    "ACCESS_LOG_FORMAT",
+    "API_KEY_ENV",
+    "DEFAULT_API_KEY",
+    "STATE_KEY",
+    "EmulatorConfig",
+    "EmulatorState",
+    "FaultRule",
+    "GenerationRecord",
+    "RunningEmulator",
+    "create_app",
+    "run_emulator_in_thread",
+    "validate_create_body",
+]

@@ -1,0 +1,174 @@
+"""Command line: ``python -m airflow_provider_klingfx.emulator [options]``.
+
+Prints exactly one line on stdout once listening, ``KLINGFX EMULATOR LISTENING http://HOST:PORT``,
+so scripts can start it with ``--port 0`` and read the port. Logs go to stderr. Stops cleanly on
+SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from airflow_provider_klingfx.emulator.app import (
+    API_KEY_ENV,
+    DEFAULT_API_KEY,
+    EmulatorConfig,
+    create_app,
+    format_url,
+    iter_fault_rules,
+    start_site,
+)
+
+DEFAULT_PORT = 8765
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m airflow_provider_klingfx.emulator",
+        description="Local emulator of the AI/ML API for the Kling v1.6 effects models.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="port; 0 picks a free one (default: %(default)s)"
+    )
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help=f"bearer key clients must send (default: ${API_KEY_ENV} or {DEFAULT_API_KEY!r})",
+    )
+    p.add_argument(
+        "--queued-seconds", type=float, default=1.0, help="time in 'queued' (default: %(default)s)"
+    )
+    p.add_argument(
+        "--generating-seconds", type=float, default=3.0, help="time in 'generating' (default: %(default)s)"
+    )
+    p.add_argument(
+        "--generating-seconds-max",
+        type=float,
+        default=None,
+        help="if set, draw each generating time uniformly between --generating-seconds and this",
+    )
+    p.add_argument("--seed", type=int, default=None, help="seed for the generating-time draw")
+    p.add_argument("--legacy-statuses", action="store_true", help="report 'waiting'/'active' statuses")
+    p.add_argument(
+        "--error-shape",
+        choices=("detail", "name_message"),
+        default="detail",
+        help="shape of generation errors (default: %(default)s)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="JSON",
+        help='fault rule, e.g. \'{"action": "status", "route": "create", "status": 503, "retry_after": 1}\'; '
+        "repeatable",
+    )
+    p.add_argument("--credits", type=int, default=None, help="credit budget (default: unlimited)")
+    p.add_argument(
+        "--credits-per-generation",
+        type=int,
+        default=120_000,
+        help="cost of a 5 s video (default: %(default)s)",
+    )
+    p.add_argument(
+        "--render",
+        choices=("eager", "lazy", "off"),
+        default="eager",
+        help="render videos at submission, on first download, or serve one fixed tiny video "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--video-dir", default=None, help="write rendered videos there instead of keeping them in memory"
+    )
+    p.add_argument(
+        "--render-concurrency", type=int, default=2, help="videos rendered at once (default: %(default)s)"
+    )
+    p.add_argument("--log-level", default="INFO", help="logging level on stderr (default: %(default)s)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
+    """Build the configuration from parsed arguments.
+
+    :param args: the parsed arguments.
+    :raises ValueError: on invalid values (e.g. a bad ``--fault``).
+    """
+    return EmulatorConfig(
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY,
+        queued_seconds=args.queued_seconds,
+        generating_seconds=args.generating_seconds,
+        generating_seconds_max=args.generating_seconds_max,
+        seed=args.seed,
+        legacy_statuses=args.legacy_statuses,
+        error_shape=args.error_shape,
+        faults=list(iter_fault_rules(args.fault)),
+        credits=args.credits,
+        credits_per_generation=args.credits_per_generation,
+        render=args.render,
+        video_dir=args.video_dir,
+        render_concurrency=args.render_concurrency,
+    )
+
+
+async def serve(config: EmulatorConfig, host: str, port: int) -> None:
+    """Serve until SIGINT or SIGTERM.
+
+    :param config: the behaviour.
+    :param host: address to bind.
+    :param port: port to bind (0: any free one).
+    """
+    runner, bound = await start_site(create_app(config), host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows' loop has no signal handlers
+            loop.add_signal_handler(sig, stop.set)
+    # The one line scripts wait for: printed only once the socket is listening.
+    print(f"KLINGFX EMULATOR LISTENING {format_url(host, bound)}", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code.
+
+    :param argv: arguments (default: ``sys.argv[1:]``).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # force=True: importing Airflow (through the domain module) installs a root handler on stdout,
+    # and stdout must carry nothing but the LISTENING line, or a script that reads only that line
+    # would leave the pipe to fill up and block the server.
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config, args.host, args.port))
+    except (RuntimeError, OSError) as exc:
+        print(f"klingfx emulator: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

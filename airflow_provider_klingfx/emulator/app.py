@@ -1,0 +1,1175 @@
+"""The emulator's aiohttp application: routes, request validation, state machine, faults.
+
+Behaviour, in short (the package docstring has the user-facing version):
+
+* create (``POST /v2/video/generations`` or the legacy ``POST /v2/generate/video/kling/generation``)
+  checks the bearer key, validates the body like the vendor schema plus the documented image-count
+  rule, charges the optional credit budget and answers ``{"id", "status": "queued"}``;
+* fetch (``GET`` on the same paths with ``?generation_id=``) computes the status lazily from the
+  injected clock: ``queued`` for ``queued_seconds``, ``generating`` for the generation's generating
+  time, then ``completed`` (only once its video is rendered) or ``error``;
+* face detection is faked: an image "has no face" when its URL contains ``noface``
+  (case-insensitive); a two-person scene (hug, kiss, heart_gesture) given such an image ends in
+  ``error`` with a face-detection error; other scenes render it normally;
+* videos are real MP4s served by the emulator itself under ``/files/<uuid>/output.mp4``;
+* faults (HTTP errors, dropped connections, slow or non-JSON answers) are injected by rules.
+
+Every lookup a request does is a dict access: no request scans all generations, so thousands of
+generations polled concurrently cost the same per request as one. Only the admin stats walk them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import hmac
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from http import HTTPStatus
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from airflow_provider_klingfx.domain import (
+    DURATIONS,
+    EFFECT_SCENES,
+    MODELS,
+    PRO_EFFECTS_MODEL,
+    TWO_PERSON_SCENES,
+    image_count_range,
+)
+
+log = logging.getLogger("airflow_provider_klingfx.emulator")
+
+#: Access log format for the emulator's server: no request headers at all, so neither the
+#: ``Authorization`` header nor the key can end up in a log. ``%r`` is the request line; the only
+#: query the API uses is ``generation_id``.
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+DEFAULT_API_KEY = "emulator-key"
+API_KEY_ENV = "KLINGFX_EMULATOR_API_KEY"
+#: The two path styles of the vendor API; both accept create (POST) and fetch (GET).
+API_PATHS: tuple[str, ...] = ("/v2/video/generations", "/v2/generate/video/kling/generation")
+
+FAULT_ACTIONS = frozenset({"status", "drop", "drop_after_accept", "slow", "garbage"})
+FAULT_ROUTES = frozenset({"create", "fetch", "video", "*"})
+ErrorShape = Literal["detail", "name_message"]
+RenderMode = Literal["eager", "lazy", "off"]
+
+_CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# RFC 3986 "URI" as the schema's ``format: uri`` means it: an absolute URI (scheme ":" ...), with
+# no characters that must be percent-encoded (spaces, quotes, angle brackets...) and well-formed
+# percent escapes. Deliberately not limited to http(s): that is what the schema says.
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]]|%[0-9A-Fa-f]{2})*$")
+_SCENE_SET = frozenset(EFFECT_SCENES)
+_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+_DROPPED_STATUS = 444  # nginx's "connection closed without response": what the access log shows
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultRule:
+    """One fault-injection rule.
+
+    A rule matches requests of its ``method`` and ``route``; it lets the first ``skip`` matching
+    requests through, then applies to the next ``times`` ones (``-1``: all of them). Every rule
+    counts every request it matches, even when an earlier rule is the one that fires; when several
+    rules fire on the same request, the first in the list wins.
+
+    :param action: ``"status"`` answer ``status`` with the JSON error envelope (create: no
+        generation is made); ``"drop"`` close the connection without answering, before the request
+        is processed; ``"drop_after_accept"`` (create only) process the request (a valid one creates
+        and charges a generation), then close the connection without answering: the ambiguous case;
+        ``"slow"`` wait ``delay`` seconds, then answer normally; ``"garbage"`` answer 200 with an
+        HTML body instead of JSON. ``status``, ``drop`` and ``garbage`` skip the request entirely
+        (auth included): a faulted create makes no generation.
+    :param method: HTTP method to match (``GET``, ``POST``...), or ``"*"``.
+    :param route: ``"create"``, ``"fetch"``, ``"video"`` (the MP4 download) or ``"*"``.
+        ``drop_after_accept`` only ever matches create requests.
+    :param times: how many matching requests get the fault after the skipped ones; ``-1``: forever.
+    :param skip: how many matching requests to let through first.
+    :param status: HTTP status for ``"status"`` (required there), e.g. 429, 500, 502, 503.
+    :param retry_after: if set, sent as the ``Retry-After`` header (seconds) with ``"status"``.
+    :param delay: seconds to wait for ``"slow"``.
+    """
+
+    action: str
+    method: str = "*"
+    route: str = "*"
+    times: int = 1
+    skip: int = 0
+    status: int | None = None
+    retry_after: float | None = None
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.action not in FAULT_ACTIONS:
+            raise ValueError(f"fault action must be one of {sorted(FAULT_ACTIONS)}, got {self.action!r}")
+        if self.route not in FAULT_ROUTES:
+            raise ValueError(f"fault route must be one of {sorted(FAULT_ROUTES)}, got {self.route!r}")
+        self.method = self.method.upper()
+        if self.action == "drop_after_accept" and self.route not in ("create", "*"):
+            raise ValueError("drop_after_accept applies to the create route only")
+        if self.action == "status" and (self.status is None or not 100 <= self.status <= 599):
+            raise ValueError(f"a 'status' fault needs an HTTP status 100-599, got {self.status!r}")
+        if self.times < -1 or self.skip < 0 or self.delay < 0:
+            raise ValueError("fault times must be >= -1, skip and delay >= 0")
+
+    def matches(self, method: str, route: str) -> bool:
+        """Whether this rule is about a request of ``method`` on ``route``.
+
+        :param method: the request's HTTP method.
+        :param route: ``create``, ``fetch`` or ``video``.
+        """
+        if self.action == "drop_after_accept" and route != "create":
+            return False
+        return self.method in ("*", method.upper()) and self.route in ("*", route)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FaultRule:
+        """Build a rule from JSON-like data (the CLI's ``--fault`` and ``POST /_emulator/faults``).
+
+        :param data: keys are this class's fields; ``action`` is required.
+        :raises ValueError: on unknown keys, wrong types or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a fault rule must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown fault rule keys {sorted(unknown)}; known: {sorted(known)}")
+        if "action" not in data:
+            raise ValueError("a fault rule needs an 'action'")
+        try:
+            return cls(
+                action=str(data["action"]),
+                method=str(data.get("method", "*")),
+                route=str(data.get("route", "*")),
+                times=_as_int(data.get("times", 1)),
+                skip=_as_int(data.get("skip", 0)),
+                status=None if data.get("status") is None else _as_int(data["status"]),
+                retry_after=None if data.get("retry_after") is None else float(data["retry_after"]),
+                delay=float(data.get("delay", 0.0)),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"invalid fault rule {dict(data)!r}: {exc}") from exc
+
+    def to_dict(self) -> dict[str, Any]:
+        """This rule as JSON-able data (inverse of :meth:`from_dict`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str | float):
+        raise ValueError(f"expected an integer, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"expected an integer, got {value!r}")
+    return int(value)
+
+
+def _default_api_key() -> str:
+    return os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
+
+
+@dataclass
+class EmulatorConfig:
+    """How an emulator instance behaves.
+
+    :param api_key: the bearer key clients must send (default: ``$KLINGFX_EMULATOR_API_KEY`` or
+        ``emulator-key``).
+    :param queued_seconds: how long a generation reports ``queued``.
+    :param generating_seconds: how long it then reports ``generating`` (the real API takes ~120 s).
+    :param generating_seconds_max: if set, each generation draws its generating time uniformly
+        from ``[generating_seconds, generating_seconds_max]``.
+    :param seed: seed of the random generator used for that draw (reproducible runs).
+    :param legacy_statuses: report ``waiting`` instead of ``queued`` and ``active`` instead of
+        ``generating``, as older API versions did.
+    :param error_shape: shape of the ``error`` member of failed generations: ``"detail"`` (the
+        validation shape seen in practice) or ``"name_message"`` (the schema's ``{name, message}``).
+    :param faults: fault-injection rules, see :class:`FaultRule` (dicts are converted with
+        :meth:`FaultRule.from_dict`).
+    :param credits: credit budget; ``None`` means unlimited. A create the budget can't cover gets 403.
+    :param credits_per_generation: cost of a 5 s generation (a 10 s one costs double).
+    :param render: ``"eager"`` renders each video at submission and reports ``completed`` only once
+        it is rendered; ``"lazy"`` renders on the first download (``file_size`` is then ``null``);
+        ``"off"`` serves one tiny fixed MP4 rendered at startup (load tests).
+    :param video_dir: if set, rendered videos are written there (``<uuid>.mp4``) instead of being
+        kept in memory.
+    :param render_concurrency: how many videos render at the same time (each in a worker thread).
+    :param image_timeout: seconds allowed to download one input image.
+    :param max_image_bytes: largest input image accepted; bigger ones get the placeholder frame.
+    :param max_recorded_requests: how many request records the stats keep (the oldest are dropped).
+    """
+
+    api_key: str = field(default_factory=_default_api_key)
+    queued_seconds: float = 1.0
+    generating_seconds: float = 3.0
+    generating_seconds_max: float | None = None
+    seed: int | None = None
+    legacy_statuses: bool = False
+    error_shape: ErrorShape = "detail"
+    faults: list[FaultRule] = field(default_factory=list)
+    credits: int | None = None
+    credits_per_generation: int = 120_000
+    render: RenderMode = "eager"
+    video_dir: str | Path | None = None
+    render_concurrency: int = 2
+    image_timeout: float = 5.0
+    max_image_bytes: int = _MAX_IMAGE_BYTES
+    max_recorded_requests: int = 20_000
+
+    def __post_init__(self) -> None:
+        if not self.api_key:
+            raise ValueError("api_key must not be empty")
+        if self.error_shape not in ("detail", "name_message"):
+            raise ValueError(f"error_shape must be 'detail' or 'name_message', got {self.error_shape!r}")
+        if self.render not in ("eager", "lazy", "off"):
+            raise ValueError(f"render must be 'eager', 'lazy' or 'off', got {self.render!r}")
+        if self.queued_seconds < 0 or self.generating_seconds < 0:
+            raise ValueError("queued_seconds and generating_seconds must be >= 0")
+        if self.generating_seconds_max is not None and self.generating_seconds_max < self.generating_seconds:
+            raise ValueError("generating_seconds_max must be >= generating_seconds")
+        if self.render_concurrency < 1:
+            raise ValueError("render_concurrency must be >= 1")
+        self.faults = [f if isinstance(f, FaultRule) else FaultRule.from_dict(f) for f in self.faults]
+
+    def __repr__(self) -> str:
+        # Never show the key, even in a debugger or a failing test's output.
+        shown = ", ".join(
+            f"{f.name}={'***' if f.name == 'api_key' else repr(getattr(self, f.name))}" for f in fields(self)
+        )
+        return f"EmulatorConfig({shown})"
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRecord:
+    """One generation the emulator accepted (internal, but readable from tests via the state).
+
+    :param id: the vendor-style id, ``<uuid4>:kling-video/v1.6/<tier>/effects``.
+    :param file_id: the uuid in the video's URL (``/files/<file_id>/output.mp4``).
+    :param submitted_at: clock time of the create.
+    :param queued_until: clock time it stops being ``queued``.
+    :param ready_at: clock time it may report a terminal status.
+    :param fails: whether it ends in ``error`` (the face rule).
+    :param render_task: the background render, if one was started.
+    :param video: the MP4 bytes when kept in memory.
+    :param video_path: the MP4 file when ``video_dir`` is set.
+    :param file_size: size of the MP4 in bytes, once rendered.
+    :param fallback_images: positions of inputs replaced by a placeholder frame.
+    :param render_error: why rendering failed, if it did (then the generation reports ``error``).
+    """
+
+    id: str
+    file_id: str
+    model: str
+    effect_scene: str
+    image_urls: tuple[str, ...]
+    duration: int
+    credits: int
+    submitted_at: float
+    queued_until: float
+    ready_at: float
+    fails: bool
+    client_request_id: str | None = None
+    render_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    video: bytes | None = field(default=None, repr=False)
+    video_path: Path | None = None
+    file_size: int | None = None
+    fallback_images: tuple[int, ...] = ()
+    render_error: str | None = None
+
+    @property
+    def rendered(self) -> bool:
+        """Whether the video is ready to serve."""
+        return self.video is not None or self.video_path is not None
+
+
+class EmulatorState:
+    """Everything an emulator instance knows; lives in the app under :data:`STATE_KEY`.
+
+    Only touched from the event loop's thread (use :meth:`RunningEmulator.stats` from others).
+
+    :param config: the instance's configuration.
+    :param clock: monotonic clock used for the state machine (injectable for tests).
+    """
+
+    def __init__(self, config: EmulatorConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.clock = clock
+        self.render_slots = asyncio.Semaphore(config.render_concurrency)
+        self.download_slots = asyncio.Semaphore(16)
+        self.executor: ThreadPoolExecutor | None = None
+        self.http: ClientSession | None = None
+        self.tiny_video: bytes | None = None
+        self.samples: dict[str, bytes] = {}
+        self._reset_data()
+
+    def _reset_data(self) -> None:
+        self.generations: dict[str, GenerationRecord] = {}
+        self.files: dict[str, GenerationRecord] = {}
+        self.requests: deque[dict[str, Any]] = deque(maxlen=self.config.max_recorded_requests)
+        self.requests_total = 0
+        self.submissions = 0
+        self.faults_injected = 0
+        self.credits_remaining: int | None = self.config.credits
+        self.credits_spent = 0
+        self.random = random.Random(self.config.seed)
+        self.fault_rules: list[FaultRule] = list(self.config.faults)
+        self._fault_seen: list[int] = [0] * len(self.fault_rules)
+        self.pending_renders: set[asyncio.Task[None]] = set()
+
+    def reset(self) -> None:
+        """Forget every generation, video, request record and counter; re-arm the configured faults.
+
+        Renders in flight are cancelled. The credit budget is back to ``config.credits``.
+        """
+        for task in list(self.pending_renders):
+            task.cancel()
+        self._reset_data()
+
+    def set_faults(self, rules: Sequence[FaultRule]) -> None:
+        """Replace the fault rules (their counters start from zero).
+
+        :param rules: the new rules, in priority order.
+        """
+        self.fault_rules = list(rules)
+        self._fault_seen = [0] * len(self.fault_rules)
+
+    def take_fault(self, method: str, route: str) -> FaultRule | None:
+        """Count this request against every matching rule; return the rule that fires, if any.
+
+        Runs without awaiting, so concurrent requests can't both take a ``times=1`` fault.
+
+        :param method: the request's HTTP method.
+        :param route: ``create``, ``fetch`` or ``video``.
+        """
+        fired: FaultRule | None = None
+        for i, rule in enumerate(self.fault_rules):
+            if not rule.matches(method, route):
+                continue
+            seen = self._fault_seen[i]
+            self._fault_seen[i] = seen + 1
+            in_window = seen >= rule.skip and (rule.times == -1 or seen < rule.skip + rule.times)
+            if in_window and fired is None:
+                fired = rule
+        if fired is not None:
+            self.faults_injected += 1
+        return fired
+
+    def status_of(self, gen: GenerationRecord, now: float | None = None) -> str:
+        """The generation's status now, in the vendor's words (legacy ones if configured).
+
+        :param gen: the generation.
+        :param now: clock time; default: read the clock.
+        """
+        now = self.clock() if now is None else now
+        legacy = self.config.legacy_statuses
+        if now < gen.queued_until:
+            return "waiting" if legacy else "queued"
+        generating = "active" if legacy else "generating"
+        if now < gen.ready_at:
+            return generating
+        if gen.fails or gen.render_error:
+            return "error"
+        # Eager mode: the video must exist before the generation may say it is completed.
+        if self.config.render == "eager" and not gen.rendered:
+            return generating
+        return "completed"
+
+    def record(self, entry: dict[str, Any]) -> None:
+        """Append a request record to the stats.
+
+        :param entry: the record (method, path, query_generation_id, client_request_id, status, fault).
+        """
+        self.requests_total += 1
+        self.requests.append(entry)
+
+    def stats(self) -> dict[str, Any]:
+        """The stats document served by ``GET /_emulator/stats``."""
+        now = self.clock()
+        return {
+            "submissions": self.submissions,
+            "requests": list(self.requests),
+            "requests_total": self.requests_total,
+            "faults_injected": self.faults_injected,
+            "generations": {gid: self.status_of(g, now) for gid, g in self.generations.items()},
+            "renders_pending": len(self.pending_renders),
+            "credits_spent": self.credits_spent,
+            "credits_remaining": self.credits_remaining,
+            "fault_rules": [r.to_dict() for r in self.fault_rules],
+        }
+
+    async def wait_for_renders(self, timeout: float = 60.0) -> None:
+        """Wait until no render is in flight (tests use it instead of sleeping).
+
+        :param timeout: seconds to wait at most.
+        :raises TimeoutError: if renders are still running after ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while self.pending_renders:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"{len(self.pending_renders)} renders still running after {timeout}s")
+            await asyncio.wait(set(self.pending_renders), timeout=remaining)
+
+
+STATE_KEY = web.AppKey("klingfx_emulator_state", EmulatorState)
+# Typed request-storage keys where aiohttp has them (3.12+: plain strings there warn); plain
+# strings on older versions.
+_RequestKey: Any = getattr(web, "RequestKey", None)
+_REQUEST_ID: Any = _RequestKey("klingfx_request_id", str) if _RequestKey else "klingfx_request_id"
+_CLIENT_ID: Any = (
+    _RequestKey("klingfx_client_request_id", object) if _RequestKey else "klingfx_client_request_id"
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _envelope(
+    request: web.Request,
+    status: int,
+    message: str,
+    *,
+    errors: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The vendor's JSON error envelope."""
+    body: dict[str, Any] = {
+        "message": message,
+        "path": request.path,
+        "requestId": request[_REQUEST_ID],
+        "statusCode": status,
+        "timestamp": _now_iso(),
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    # Constant-time comparison: the emulator may listen beyond localhost in someone's setup.
+    return hmac.compare_digest(token.strip().encode(), api_key.encode())
+
+
+def _route_kind(request: web.Request) -> str | None:
+    if request.path in API_PATHS:
+        return {"POST": "create", "GET": "fetch", "HEAD": "fetch"}.get(request.method)
+    if request.match_info.route.name == "video":
+        return "video"
+    return None
+
+
+def _drop_connection(request: web.Request) -> web.Response:
+    """Close the connection without an answer; the returned response is never written.
+
+    aiohttp then fails writing it with a connection error, which it treats as the client going
+    away: no error is logged and the client sees the connection closed (or reset).
+    """
+    request.protocol.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return web.Response(status=_DROPPED_STATUS)
+
+
+def _public_url_for_log(url: str) -> str:
+    # Image URLs may be presigned (secrets in the query): log scheme, host and path only.
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
+    """Validate a create body like the vendor: the schema's ``oneOf`` plus the image-count rule.
+
+    Unknown extra properties are ignored, as the schema allows them.
+
+    :param body: the decoded JSON body.
+    :returns: ``(normalized, [])`` with keys model, effect_scene, image_urls (tuple), duration; or
+        ``(None, errors)`` with errors as ``{"path", "message"}``.
+    """
+    if not isinstance(body, dict):
+        return None, [{"path": "", "message": f"body must be a JSON object, got {type(body).__name__}"}]
+    errors: list[dict[str, str]] = []
+
+    model = body.get("model")
+    if "model" not in body:
+        errors.append({"path": "model", "message": "model is required"})
+    elif not isinstance(model, str) or model not in MODELS:
+        errors.append({"path": "model", "message": f"model must be one of {list(MODELS)}, got {model!r}"})
+
+    scene = body.get("effect_scene")
+    if "effect_scene" not in body:
+        errors.append({"path": "effect_scene", "message": "effect_scene is required"})
+    elif not isinstance(scene, str) or scene not in _SCENE_SET:
+        hint = ""
+        if isinstance(scene, str):
+            close = difflib.get_close_matches(scene, EFFECT_SCENES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+        errors.append(
+            {
+                "path": "effect_scene",
+                "message": f"effect_scene must be one of the {len(EFFECT_SCENES)} effect scenes, "
+                f"got {scene!r}{hint}",
+            }
+        )
+
+    urls: list[str] | None = None
+    raw_urls = body.get("image_url")
+    if "image_url" not in body:
+        errors.append({"path": "image_url", "message": "image_url is required"})
+    elif isinstance(raw_urls, str):
+        if _URI_RE.match(raw_urls):
+            urls = [raw_urls]
+        else:
+            errors.append(
+                {"path": "image_url", "message": f"image_url must be a URI, got {raw_urls[:200]!r}"}
+            )
+    elif isinstance(raw_urls, list):
+        bad = False
+        for i, item in enumerate(raw_urls):
+            if not isinstance(item, str) or not _URI_RE.match(item):
+                shown = item[:200] if isinstance(item, str) else item
+                errors.append(
+                    {"path": f"image_url[{i}]", "message": f"image_url[{i}] must be a URI, got {shown!r}"}
+                )
+                bad = True
+        urls = None if bad else list(raw_urls)
+    else:
+        errors.append(
+            {
+                "path": "image_url",
+                "message": f"image_url must be a URI or an array of URIs, got {type(raw_urls).__name__}",
+            }
+        )
+
+    duration = body.get("duration", DURATIONS[0])
+    # JSON booleans and floats are not integers for the schema, though Python would compare them.
+    if isinstance(duration, bool) or not isinstance(duration, int) or duration not in DURATIONS:
+        errors.append(
+            {
+                "path": "duration",
+                "message": f"duration must be one of {list(DURATIONS)} (seconds), got {duration!r}",
+            }
+        )
+
+    if urls is not None and isinstance(scene, str) and scene in _SCENE_SET:
+        low, high = image_count_range(scene)
+        if not low <= len(urls) <= high:
+            want = f"exactly {low}" if low == high else f"{low} or {high}"
+            errors.append(
+                {
+                    "path": "image_url",
+                    "message": f"effect_scene {scene!r} takes {want} image URL{'s' if high > 1 else ''}, "
+                    f"got {len(urls)}",
+                }
+            )
+    if errors:
+        return None, errors
+    return {
+        "model": model,
+        "effect_scene": scene,
+        "image_urls": tuple(cast("list[str]", urls)),
+        "duration": duration,
+    }, []
+
+
+def _error_object(shape: ErrorShape, gen: GenerationRecord) -> dict[str, Any]:
+    if gen.render_error and not gen.fails:
+        return {"name": "RenderError", "message": gen.render_error}
+    if shape == "name_message":
+        return {"name": "FaceDetectionError", "message": "Could not detect face in the image"}
+    culprit = next((u for u in gen.image_urls if "noface" in u.lower()), gen.image_urls[0])
+    return {
+        "detail": [
+            {
+                "loc": ["body", "image_url"],
+                "msg": "Could not detect face in the image",
+                "type": "face_detection_error",
+                "input": culprit,
+            }
+        ]
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering pipeline
+# ---------------------------------------------------------------------------------------------
+
+
+async def _download_image(state: EmulatorState, url: str) -> bytes | None:
+    """Download one input image; None if it can't be had (the render uses a placeholder then)."""
+    if state.http is None or urlsplit(url).scheme not in ("http", "https"):
+        return None
+    limit = state.config.max_image_bytes
+    try:
+        async with state.download_slots, state.http.get(url, allow_redirects=True) as resp:
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status}")
+            if resp.content_length is not None and resp.content_length > limit:
+                raise ValueError(f"{resp.content_length} bytes, over the {limit} byte limit")
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise ValueError(f"over the {limit} byte limit")
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except (ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
+        log.warning("input image %s unusable (%s); using a placeholder frame", _public_url_for_log(url), exc)
+        return None
+
+
+async def _render(state: EmulatorState, gen: GenerationRecord) -> None:
+    """Download the inputs and render the video in the executor; store the result on ``gen``."""
+    from airflow_provider_klingfx.emulator.render import render_video
+
+    images = await asyncio.gather(*(_download_image(state, u) for u in gen.image_urls))
+    loop = asyncio.get_running_loop()
+    try:
+        async with state.render_slots:
+            result = await loop.run_in_executor(
+                state.executor, render_video, images, gen.effect_scene, gen.duration
+            )
+            if state.config.video_dir is not None:
+                path = Path(state.config.video_dir) / f"{gen.file_id}.mp4"
+                await loop.run_in_executor(state.executor, path.write_bytes, result.data)
+                gen.video_path = path
+            else:
+                gen.video = result.data
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        # An emulator bug or a broken PyAV build: fail the generation visibly instead of leaving it
+        # "generating" forever.
+        log.exception("rendering the video of generation %s failed", gen.id)
+        gen.render_error = f"the emulator could not render the video: {exc}"
+        return
+    gen.file_size = len(result.data)
+    gen.fallback_images = result.fallback_images
+
+
+def _start_render(state: EmulatorState, gen: GenerationRecord) -> asyncio.Task[None]:
+    if gen.render_task is None:
+        task = asyncio.get_running_loop().create_task(_render(state, gen))
+        gen.render_task = task
+        state.pending_renders.add(task)
+        task.add_done_callback(state.pending_renders.discard)
+    return gen.render_task
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+# ---------------------------------------------------------------------------------------------
+
+
+@web.middleware
+async def _middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Request ids, the client id echo, fault injection, JSON errors and the request log."""
+    state = request.app[STATE_KEY]
+    request_id = str(uuid.uuid4())
+    request[_REQUEST_ID] = request_id
+    raw_client_id = request.headers.get("X-Client-Request-Id")
+    client_id = raw_client_id if raw_client_id and _CLIENT_ID_RE.match(raw_client_id) else None
+    request[_CLIENT_ID] = client_id
+    # Admin and health endpoints are the observer: they are neither faulted nor recorded.
+    observed = not (request.path.startswith("/_emulator/") or request.path == "/health")
+    kind = _route_kind(request)
+    fault = state.take_fault(request.method, kind) if kind else None
+    entry: dict[str, Any] = {
+        "method": request.method,
+        "path": request.path,
+        "query_generation_id": request.query.get("generation_id"),
+        "client_request_id": client_id,
+        "status": None,
+        "fault": fault.action if fault else None,
+    }
+    try:
+        resp: web.StreamResponse
+        if fault is None:
+            resp = await handler(request)
+        elif fault.action == "status":
+            assert fault.status is not None
+            extra = {"Retry-After": f"{fault.retry_after:g}"} if fault.retry_after is not None else None
+            resp = _envelope(request, fault.status, _reason(fault.status), headers=extra)
+        elif fault.action == "drop":
+            resp = _drop_connection(request)
+        elif fault.action == "garbage":
+            resp = web.Response(status=200, text="<html>oops</html>", content_type="text/html")
+        elif fault.action == "slow":
+            await asyncio.sleep(fault.delay)
+            resp = await handler(request)
+        else:  # drop_after_accept: let the create happen, then lose the answer
+            await handler(request)
+            resp = _drop_connection(request)
+    except web.HTTPException as exc:
+        extra = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else None
+        resp = _envelope(request, exc.status, exc.reason, headers=extra)
+    except Exception:
+        # An emulator bug: answer in the API's shape so clients show a readable error.
+        log.exception("unhandled error answering %s %s", request.method, request.path)
+        resp = _envelope(request, 500, "Internal Server Error")
+    if resp.status != _DROPPED_STATUS:
+        resp.headers["x-request-id"] = request_id
+        if client_id is not None:
+            resp.headers["X-Client-Request-Id"] = client_id
+        entry["status"] = resp.status
+    if observed:
+        state.record(entry)
+    return resp
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+async def _create(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    config = state.config
+    if not _authorized(request, config.api_key):
+        return _envelope(request, 401, "Unauthorized")
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return _envelope(
+            request, 400, "Body validation error!", errors=[{"path": "", "message": "body is not valid JSON"}]
+        )
+    valid, errors = validate_create_body(body)
+    if valid is None:
+        return _envelope(request, 400, "Body validation error!", errors=errors)
+    duration: int = valid["duration"]
+    cost = config.credits_per_generation * duration // DURATIONS[0]
+    if state.credits_remaining is not None:
+        if cost > state.credits_remaining:
+            return _envelope(request, 403, "Insufficient credits: top up your AI/ML API balance")
+        state.credits_remaining -= cost
+    state.credits_spent += cost
+    state.submissions += 1
+
+    tier = "pro" if valid["model"] == PRO_EFFECTS_MODEL else "standard"
+    gen_id = f"{uuid.uuid4()}:kling-video/v1.6/{tier}/effects"
+    generating = config.generating_seconds
+    if config.generating_seconds_max is not None:
+        generating = state.random.uniform(config.generating_seconds, config.generating_seconds_max)
+    now = state.clock()
+    scene: str = valid["effect_scene"]
+    urls: tuple[str, ...] = valid["image_urls"]
+    gen = GenerationRecord(
+        id=gen_id,
+        file_id=str(uuid.uuid4()),
+        model=valid["model"],
+        effect_scene=scene,
+        image_urls=urls,
+        duration=duration,
+        credits=cost,
+        submitted_at=now,
+        queued_until=now + config.queued_seconds,
+        ready_at=now + config.queued_seconds + generating,
+        fails=scene in TWO_PERSON_SCENES and any("noface" in u.lower() for u in urls),
+        client_request_id=request.get(_CLIENT_ID),
+    )
+    state.generations[gen_id] = gen
+    state.files[gen.file_id] = gen
+    if config.render == "eager" and not gen.fails:
+        _start_render(state, gen)
+    return web.json_response({"id": gen_id, "status": state.status_of(gen, now)})
+
+
+async def _fetch(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    if not _authorized(request, state.config.api_key):
+        return _envelope(request, 401, "Unauthorized")
+    gen_id = request.query.get("generation_id", "").strip()
+    if not gen_id:
+        return _envelope(
+            request,
+            400,
+            "Query validation error!",
+            errors=[{"path": "generation_id", "message": "generation_id is required"}],
+        )
+    gen = state.generations.get(gen_id)
+    if gen is None:
+        return _envelope(request, 404, "Generation not found")
+    status = state.status_of(gen)
+    answer: dict[str, Any] = {"id": gen.id, "status": status, "video": None, "error": None, "meta": None}
+    headers: dict[str, str] = {}
+    if status == "completed":
+        # The URL is built from the origin the client used, so it works behind port mappings.
+        answer["video"] = {
+            "url": f"{request.scheme}://{request.host}/files/{gen.file_id}/output.mp4",
+            "content_type": "video/mp4",
+            "file_name": "output.mp4",
+            "file_size": _served_size(state, gen),
+        }
+        answer["meta"] = {"usage": {"credits_used": gen.credits}}
+        headers["x-aimlapi-credits-used"] = str(gen.credits)
+    elif status == "error":
+        answer["error"] = _error_object(state.config.error_shape, gen)
+    return web.json_response(answer, headers=headers)
+
+
+def _served_size(state: EmulatorState, gen: GenerationRecord) -> int | None:
+    if state.config.render == "off":
+        return len(state.tiny_video) if state.tiny_video is not None else None
+    return gen.file_size
+
+
+async def _video(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    gen = state.files.get(request.match_info["file_id"])
+    # Like a CDN: nothing to serve until the generation is completed.
+    if gen is None or state.status_of(gen) != "completed":
+        return _envelope(request, 404, "Not Found")
+    if state.config.render == "off":
+        data = state.tiny_video
+    else:
+        if not gen.rendered:
+            # Lazy mode (or a render still running): wait for it; shielded so that a client giving
+            # up does not cancel a render other downloads will need.
+            await asyncio.shield(_start_render(state, gen))
+        if gen.render_error:
+            return _envelope(request, 500, "Internal Server Error")
+        if gen.video_path is not None:
+            return web.FileResponse(gen.video_path, headers={"Content-Type": "video/mp4"})
+        data = gen.video
+    assert data is not None
+    return web.Response(body=data, content_type="video/mp4")
+
+
+async def _sample(request: web.Request) -> web.Response:
+    from airflow_provider_klingfx.emulator.render import SAMPLE_NAMES, sample_image_png
+
+    state = request.app[STATE_KEY]
+    name = request.match_info["name"]
+    if name not in SAMPLE_NAMES:
+        return _envelope(request, 404, "Not Found")
+    data = state.samples.get(name)
+    if data is None:
+        data = await asyncio.get_running_loop().run_in_executor(state.executor, sample_image_png, name)
+        state.samples[name] = data
+    return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def _stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].stats())
+
+
+async def _set_faults(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    try:
+        body = json.loads(await request.read())
+        raw = body["rules"] if isinstance(body, dict) else None
+        if not isinstance(raw, list):
+            raise ValueError('expected {"rules": [...]}')
+        rules = [FaultRule.from_dict(r) for r in raw]
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
+        return _envelope(
+            request, 400, "Body validation error!", errors=[{"path": "rules", "message": str(exc)}]
+        )
+    state.set_faults(rules)
+    return web.json_response({"rules": [r.to_dict() for r in rules]})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    request.app[STATE_KEY].reset()
+    return web.json_response({"reset": True})
+
+
+# ---------------------------------------------------------------------------------------------
+# App
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_extras() -> None:
+    import importlib.util
+
+    missing = [m for m in ("av", "PIL") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(
+            f"the emulator needs {' and '.join(missing)} to render videos and sample images: "
+            "pip install 'airflow-provider-klingfx[emulator]'"
+        )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Create the executor, the HTTP client and (render off) the fixed video; tear them down."""
+    state = app[STATE_KEY]
+    state.executor = ThreadPoolExecutor(
+        max_workers=state.config.render_concurrency + 1, thread_name_prefix="klingfx-emulator-render"
+    )
+    state.http = ClientSession(timeout=ClientTimeout(total=state.config.image_timeout))
+    if state.config.video_dir is not None:
+        video_dir = Path(state.config.video_dir)
+        await asyncio.get_running_loop().run_in_executor(
+            state.executor, lambda: video_dir.mkdir(parents=True, exist_ok=True)
+        )
+    if state.config.render == "off":
+        from airflow_provider_klingfx.emulator.render import render_tiny_video
+
+        state.tiny_video = await asyncio.get_running_loop().run_in_executor(state.executor, render_tiny_video)
+    try:
+        yield
+    finally:
+        tasks = list(state.pending_renders)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await state.http.close()
+        state.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def create_app(
+    config: EmulatorConfig | None = None, *, clock: Callable[[], float] = time.monotonic
+) -> web.Application:
+    """Build the emulator's aiohttp application.
+
+    :param config: the behaviour; default :class:`EmulatorConfig()`.
+    :param clock: a monotonic clock in seconds driving the state machine; tests pass a fake one
+        they advance by hand, so they never sleep for state changes.
+    :raises RuntimeError: if PyAV or Pillow is not installed.
+    """
+    config = config or EmulatorConfig()
+    _check_extras()
+    app = web.Application(middlewares=[_middleware])
+    app[STATE_KEY] = EmulatorState(config, clock)
+    for path in API_PATHS:
+        app.router.add_post(path, _create)
+        app.router.add_get(path, _fetch)
+    app.router.add_get("/files/{file_id}/output.mp4", _video, name="video")
+    app.router.add_get("/samples/{name}", _sample)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_post("/_emulator/faults", _set_faults)
+    app.router.add_post("/_emulator/reset", _reset)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Running in a thread
+# ---------------------------------------------------------------------------------------------
+
+
+def format_url(host: str, port: int) -> str:
+    """``http://host:port``, with brackets around IPv6 addresses.
+
+    :param host: the host or address.
+    :param port: the port.
+    """
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Start ``app`` on ``host:port`` with the header-free access log; return (runner, bound port).
+
+    :param app: the application from :func:`create_app`.
+    :param host: address to bind.
+    :param port: port to bind; 0 picks a free one.
+    """
+    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, int(bound)
+
+
+class RunningEmulator:
+    """An emulator serving from a background thread with its own event loop.
+
+    Use it as a context manager, or call :meth:`stop` when done.
+
+    :param url: base URL, e.g. ``http://127.0.0.1:41234``.
+    :param state: the instance's state (mutated by the server thread: prefer :meth:`stats`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        state: EmulatorState,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        runner: web.AppRunner,
+    ) -> None:
+        self.url = url
+        self.state = state
+        self._loop = loop
+        self._thread = thread
+        self._runner = runner
+        self._stopped = False
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """The instance's configuration."""
+        return self.state.config
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the server's loop thread and return its result (thread-safe access).
+
+        :param fn: a plain callable; it must not block.
+        """
+        future: ConcurrentFuture[Any] = ConcurrentFuture()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(run)
+        return future.result(timeout=30)
+
+    def stats(self) -> dict[str, Any]:
+        """A consistent snapshot of the stats (same document as ``GET /_emulator/stats``)."""
+        return cast("dict[str, Any]", self.call(self.state.stats))
+
+    def set_faults(self, rules: Sequence[FaultRule]) -> None:
+        """Replace the fault rules.
+
+        :param rules: the new rules.
+        """
+        self.call(lambda: self.state.set_faults(rules))
+
+    def reset(self) -> None:
+        """Same as ``POST /_emulator/reset``."""
+        self.call(self.state.reset)
+
+    def wait_for_renders(self, timeout: float = 60.0) -> None:
+        """Block until no render is in flight.
+
+        :param timeout: seconds to wait at most.
+        """
+        asyncio.run_coroutine_threadsafe(self.state.wait_for_renders(timeout), self._loop).result(timeout + 5)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving, clean up and join the thread. Safe to call twice.
+
+        :param timeout: seconds to wait for the shutdown.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self) -> RunningEmulator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def run_emulator_in_thread(
+    config: EmulatorConfig | None = None,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    startup_timeout: float = 30.0,
+) -> RunningEmulator:
+    """Start an emulator in a background thread and return once it is listening.
+
+    :param config: the behaviour; default :class:`EmulatorConfig()`.
+    :param clock: the state machine's clock (see :func:`create_app`).
+    :param host: address to bind (default loopback only).
+    :param port: port to bind; 0 (default) picks a free one, see :attr:`RunningEmulator.url`.
+    :param startup_timeout: seconds to wait for the server to listen.
+    :raises RuntimeError: if PyAV or Pillow is missing.
+    :raises OSError: if the address can't be bound.
+    """
+    app = create_app(config, clock=clock)
+    loop = asyncio.new_event_loop()
+    started: ConcurrentFuture[tuple[web.AppRunner, int]] = ConcurrentFuture()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started.set_result(loop.run_until_complete(start_site(app, host, port)))
+        except BaseException as exc:
+            started.set_exception(exc)
+            loop.close()
+            return
+        try:
+            loop.run_forever()
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    thread = threading.Thread(target=serve, name="klingfx-emulator", daemon=True)
+    thread.start()
+    runner, bound = started.result(startup_timeout)
+    return RunningEmulator(format_url(host, bound), app[STATE_KEY], loop, thread, runner)
+
+
+def iter_fault_rules(raw: Sequence[str]) -> Iterator[FaultRule]:
+    """Parse ``--fault`` JSON strings (each an object, or an array of objects) into rules.
+
+    :param raw: the strings.
+    :raises ValueError: on invalid JSON or rules.
+    """
+    for text in raw:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--fault is not valid JSON: {text!r} ({exc})") from exc
+        for item in data if isinstance(data, list) else [data]:
+            yield FaultRule.from_dict(item)

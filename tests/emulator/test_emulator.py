@@ -1,0 +1,1053 @@
+"""Tests of the AI/ML API emulator, over real HTTP on 127.0.0.1 (no mocks).
+
+State transitions use an injected fake clock; the only waits are for real renders to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import io
+import json
+import logging
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import av
+import jsonschema
+import pytest
+import yarl
+from aiohttp.test_utils import TestClient, TestServer
+from PIL import Image
+
+from airflow_provider_klingfx.domain import EFFECT_SCENES, ONE_SUBJECT_SCENES, TWO_PERSON_SCENES
+from airflow_provider_klingfx.emulator import (
+    ACCESS_LOG_FORMAT,
+    STATE_KEY,
+    EmulatorConfig,
+    EmulatorState,
+    FaultRule,
+    create_app,
+    run_emulator_in_thread,
+)
+from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
+from airflow_provider_klingfx.emulator.app import iter_fault_rules, validate_create_body
+from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+
+API_KEY = "test-key-1c0ffee"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+CREATE_PATH = "/v2/video/generations"
+LEGACY_PATH = "/v2/generate/video/kling/generation"
+STANDARD = "klingai/kling-video-v1.6-standard-effects"
+PRO = "klingai/kling-video-v1.6-pro-effects"
+# CI clones the repo beside a copy of shared/, so the vendor contract is at ../shared from the root.
+REPO_ROOT = Path(__file__).parents[2]
+OPENAPI_PATH = REPO_ROOT.parent / "shared" / "aimlapi" / "kling-v1.6-effects.openapi.json"
+
+
+class FakeClock:
+    """A clock tests move by hand, so state transitions never need a sleep."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """OpenAPI 3.0 ``nullable: true`` becomes a JSON Schema type union with ``null``."""
+    if isinstance(node, dict):
+        out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if k != "nullable"}
+        if node.get("nullable") is True and isinstance(node.get("type"), str):
+            out["type"] = [node["type"], "null"]
+        return out
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(v) for v in node]
+    return node
+
+
+# An independent reading of RFC 3986 for `format: uri`: a scheme, a colon, and no character that
+# must be percent-encoded. (jsonschema checks "uri" only with optional packages installed.)
+_URI_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*")
+
+
+def _format_checker() -> jsonschema.FormatChecker:
+    checker = jsonschema.FormatChecker()
+
+    @checker.checks("uri")
+    def is_uri(value: object) -> bool:
+        return not isinstance(value, str) or _URI_SHAPE.fullmatch(value) is not None
+
+    return checker
+
+
+@dataclass
+class VendorSchemas:
+    """Validators for the vendor's create request and fetch response (OpenAPI 3.0 ~ draft 4)."""
+
+    create_request: jsonschema.Draft4Validator
+    fetch_response: jsonschema.Draft4Validator
+
+
+@pytest.fixture(scope="session")
+def vendor_schemas() -> VendorSchemas:
+    if not OPENAPI_PATH.is_file():
+        pytest.skip(f"vendor contract not found at {OPENAPI_PATH} (CI puts shared/ beside the clone)")
+    doc = json.loads(OPENAPI_PATH.read_text())
+    path = doc["paths"]["/v2/video/generations"]
+    create = path["post"]["requestBody"]["content"]["application/json"]["schema"]
+    fetch = path["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    checker = _format_checker()
+    return VendorSchemas(
+        create_request=jsonschema.Draft4Validator(
+            _openapi_to_jsonschema(copy.deepcopy(create)), format_checker=checker
+        ),
+        fetch_response=jsonschema.Draft4Validator(
+            _openapi_to_jsonschema(copy.deepcopy(fetch)), format_checker=checker
+        ),
+    )
+
+
+@dataclass
+class Emu:
+    """An emulator served by aiohttp's test server on 127.0.0.1, with helpers."""
+
+    client: TestClient
+    clock: FakeClock
+    state: EmulatorState
+
+    def url(self, path: str) -> str:
+        return str(self.client.make_url(path))
+
+    async def create(
+        self, body: Any, *, path: str = CREATE_PATH, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        return await self.client.post(path, json=body, headers={**AUTH, **(headers or {})})
+
+    async def submit(self, body: dict[str, Any] | None = None, *, path: str = CREATE_PATH) -> str:
+        resp = await self.create(body or self.body(), path=path)
+        assert resp.status == 200, await resp.text()
+        return str((await resp.json())["id"])
+
+    async def fetch(
+        self, gen_id: str, *, path: str = CREATE_PATH, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        return await self.client.get(
+            path, params={"generation_id": gen_id}, headers={**AUTH, **(headers or {})}
+        )
+
+    async def fetch_json(self, gen_id: str, *, path: str = CREATE_PATH) -> dict[str, Any]:
+        resp = await self.fetch(gen_id, path=path)
+        assert resp.status == 200, await resp.text()
+        return dict(await resp.json())
+
+    def body(
+        self, scene: str = "magic_fireball", images: list[str] | None = None, **extra: Any
+    ) -> dict[str, Any]:
+        urls = images or [self.url("/samples/person-1.png")]
+        return {
+            "model": STANDARD,
+            "effect_scene": scene,
+            "image_url": urls[0] if len(urls) == 1 else urls,
+            **extra,
+        }
+
+    async def stats(self) -> dict[str, Any]:
+        resp = await self.client.get("/_emulator/stats")
+        assert resp.status == 200
+        return dict(await resp.json())
+
+
+MakeEmu = Callable[..., Awaitable[Emu]]
+
+
+@pytest.fixture
+async def make_emulator() -> AsyncIterator[MakeEmu]:
+    """Factory: ``await make_emulator(**config)``; render defaults to "off" to keep tests fast."""
+    clients: list[TestClient] = []
+
+    async def factory(**overrides: Any) -> Emu:
+        clock = FakeClock()
+        settings: dict[str, Any] = {"api_key": API_KEY, "render": "off", **overrides}
+        app = create_app(EmulatorConfig(**settings), clock=clock)
+        server = TestServer(app, host="127.0.0.1")
+        # The emulator's own header-free access log (TestServer's constructor would drop it).
+        await server.start_server(access_log_format=ACCESS_LOG_FORMAT)
+        client = TestClient(server)
+        await client.start_server()
+        clients.append(client)
+        return Emu(client=client, clock=clock, state=app[STATE_KEY])
+
+    yield factory
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def emu(make_emulator: MakeEmu) -> Emu:
+    """A default emulator (render off) on a fake clock."""
+    return await make_emulator()
+
+
+IMG = "https://example.com/photos/alice.jpg"
+IMG2 = "https://example.com/photos/bob.png"
+
+
+def _assert_envelope(body: dict[str, Any], status: int, path: str, resp: aiohttp.ClientResponse) -> None:
+    assert body["statusCode"] == status
+    assert body["path"] == path
+    assert isinstance(body["message"], str)
+    assert body["message"]
+    assert body["requestId"] == resp.headers["x-request-id"]
+    assert body["timestamp"].endswith("Z")
+    assert "T" in body["timestamp"]
+
+
+def _decode(data: bytes) -> tuple[float, list[Image.Image], str]:
+    """Decode an MP4: (duration in seconds, frames as images, codec name)."""
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.video[0]
+        frames = [f.to_image() for f in container.decode(video=0)]
+        assert container.duration is not None
+        return container.duration / av.time_base, frames, stream.codec_context.name
+
+
+def _mean(img: Image.Image, box: tuple[int, int, int, int]) -> tuple[float, float, float]:
+    # Box-resampling a region to one pixel averages it.
+    r, g, b = img.convert("RGB").resize((1, 1), Image.Resampling.BOX, box=box).getpixel((0, 0))  # type: ignore[misc]
+    return float(r), float(g), float(b)
+
+
+def _refused_url() -> str:
+    # A port that was free a moment ago: connecting to it is refused at once.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/gone.png"
+
+
+async def _complete(emu: Emu, gen_id: str) -> dict[str, Any]:
+    emu.clock.advance(3600)
+    await emu.state.wait_for_renders()
+    answer = await emu.fetch_json(gen_id)
+    assert answer["status"] == "completed", answer
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------
+# Auth and envelopes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [CREATE_PATH, LEGACY_PATH])
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer nope"}, {"Authorization": API_KEY}])
+async def test_auth_is_required_with_401_envelope(emu: Emu, path: str, headers: dict[str, str]) -> None:
+    for resp in (
+        await emu.client.post(path, json=emu.body(), headers=headers),
+        await emu.client.get(path, params={"generation_id": "x"}, headers=headers),
+    ):
+        assert resp.status == 401
+        body = await resp.json()
+        _assert_envelope(body, 401, path, resp)
+        assert body["message"] == "Unauthorized"
+        assert set(body) == {"message", "path", "requestId", "statusCode", "timestamp"}
+    assert emu.state.submissions == 0
+
+
+async def test_unknown_route_and_method_get_envelopes(emu: Emu) -> None:
+    resp = await emu.client.get("/v3/nothing", headers=AUTH)
+    assert resp.status == 404
+    _assert_envelope(await resp.json(), 404, "/v3/nothing", resp)
+    resp = await emu.client.delete(CREATE_PATH, headers=AUTH)
+    assert resp.status == 405
+    _assert_envelope(await resp.json(), 405, CREATE_PATH, resp)
+
+
+async def test_health(emu: Emu) -> None:
+    resp = await emu.client.get("/health")
+    assert resp.status == 200
+    assert await resp.text() == "ok"
+    assert resp.headers["x-request-id"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Create: validation against the vendor schema
+# ---------------------------------------------------------------------------------------------
+
+# (body, schema accepts it, path of the emulator's first error or None if the emulator accepts it)
+_BODIES: dict[str, tuple[Any, bool, str | None]] = {
+    "standard-one-image": (
+        {"model": STANDARD, "effect_scene": "magic_fireball", "image_url": IMG},
+        True,
+        None,
+    ),
+    "pro-duration-10": (
+        {"model": PRO, "effect_scene": "squish", "image_url": IMG, "duration": 10},
+        True,
+        None,
+    ),
+    "hug-two-images": ({"model": STANDARD, "effect_scene": "hug", "image_url": [IMG, IMG2]}, True, None),
+    "one-image-as-array": ({"model": STANDARD, "effect_scene": "expansion", "image_url": [IMG]}, True, None),
+    "other-scene-two-images": ({"model": PRO, "effect_scene": "fight", "image_url": [IMG, IMG2]}, True, None),
+    "apostrophe-scene": ({"model": STANDARD, "effect_scene": "let's_ride", "image_url": IMG}, True, None),
+    "extra-properties-ignored": (
+        {"model": STANDARD, "effect_scene": "kiss", "image_url": [IMG, IMG2], "prompt": "x", "seed": 3},
+        True,
+        None,
+    ),
+    "non-http-uri-per-schema": (
+        {"model": STANDARD, "effect_scene": "pet_lion", "image_url": "s3://b/k.png"},
+        True,
+        None,
+    ),
+    "bad-model": (
+        {"model": "klingai/kling-v2", "effect_scene": "hug", "image_url": [IMG, IMG2]},
+        False,
+        "model",
+    ),
+    "unknown-scene": ({"model": STANDARD, "effect_scene": "hugz", "image_url": IMG}, False, "effect_scene"),
+    "duration-7": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": IMG, "duration": 7},
+        False,
+        "duration",
+    ),
+    "duration-string": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": IMG, "duration": "5"},
+        False,
+        "duration",
+    ),
+    "duration-float": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": IMG, "duration": 5.0},
+        False,
+        "duration",
+    ),
+    "duration-null": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": IMG, "duration": None},
+        False,
+        "duration",
+    ),
+    "image-not-uri": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": "alice.jpg"},
+        False,
+        "image_url",
+    ),
+    "image-with-space": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": "https://x.com/a b.png"},
+        False,
+        "image_url",
+    ),
+    "image-array-item-not-uri": (
+        {"model": STANDARD, "effect_scene": "hug", "image_url": [IMG, "not a url"]},
+        False,
+        "image_url[1]",
+    ),
+    "image-number": ({"model": STANDARD, "effect_scene": "squish", "image_url": 42}, False, "image_url"),
+    "missing-model": ({"effect_scene": "squish", "image_url": IMG}, False, "model"),
+    "missing-scene": ({"model": STANDARD, "image_url": IMG}, False, "effect_scene"),
+    "missing-image": ({"model": STANDARD, "effect_scene": "squish"}, False, "image_url"),
+    "body-not-object": ([{"model": STANDARD}], False, ""),
+    # The schema allows these; the documented image counts do not.
+    "hug-one-image": ({"model": STANDARD, "effect_scene": "hug", "image_url": IMG}, True, "image_url"),
+    "kiss-three-images": (
+        {"model": STANDARD, "effect_scene": "kiss", "image_url": [IMG, IMG2, IMG]},
+        True,
+        "image_url",
+    ),
+    "squish-two-images": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": [IMG, IMG2]},
+        True,
+        "image_url",
+    ),
+    "empty-image-array": (
+        {"model": STANDARD, "effect_scene": "pet_lion", "image_url": []},
+        True,
+        "image_url",
+    ),
+}
+
+
+@pytest.mark.parametrize(("body", "schema_ok", "error_path"), list(_BODIES.values()), ids=list(_BODIES))
+async def test_create_validation_agrees_with_vendor_schema(
+    emu: Emu, vendor_schemas: VendorSchemas, body: Any, schema_ok: bool, error_path: str | None
+) -> None:
+    assert vendor_schemas.create_request.is_valid(body) is schema_ok
+    resp = await emu.create(body)
+    answer = await resp.json()
+    if error_path is None:
+        assert resp.status == 200, answer
+        vendor_schemas.fetch_response.validate(answer)  # the create answer has the same shape
+        assert answer["status"] == "queued"
+        tier = "pro" if body["model"] == PRO else "standard"
+        assert answer["id"].endswith(f":kling-video/v1.6/{tier}/effects")
+        assert emu.state.generations[answer["id"]].duration == body.get("duration", 5)
+    else:
+        assert resp.status == 400
+        _assert_envelope(answer, 400, CREATE_PATH, resp)
+        assert answer["message"] == "Body validation error!"
+        assert answer["errors"][0]["path"] == error_path
+        assert all(e["message"] for e in answer["errors"])
+        assert emu.state.submissions == 0
+
+
+def test_every_scene_and_count_is_accepted_like_the_domain_says(vendor_schemas: VendorSchemas) -> None:
+    for scene in EFFECT_SCENES:
+        for count in (1, 2):
+            body = {"model": STANDARD, "effect_scene": scene, "image_url": [IMG, IMG2][:count]}
+            assert vendor_schemas.create_request.is_valid(body)
+            valid, errors = validate_create_body(body)
+            expected = (
+                count == 2
+                if scene in TWO_PERSON_SCENES
+                else count == 1
+                if scene in ONE_SUBJECT_SCENES
+                else True
+            )
+            assert (valid is not None) is expected, (scene, count, errors)
+
+
+async def test_non_json_body_is_a_400(emu: Emu) -> None:
+    resp = await emu.client.post(
+        CREATE_PATH, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    body = await resp.json()
+    _assert_envelope(body, 400, CREATE_PATH, resp)
+    assert body["message"] == "Body validation error!"
+    assert body["errors"]
+
+
+async def test_client_request_id_is_echoed_when_valid(emu: Emu) -> None:
+    resp = await emu.create(emu.body(), headers={"X-Client-Request-Id": "dag.x:run_1:task-2:0:1"})
+    assert resp.headers["X-Client-Request-Id"] == "dag.x:run_1:task-2:0:1"
+    gen_id = (await resp.json())["id"]
+    assert emu.state.generations[gen_id].client_request_id == "dag.x:run_1:task-2:0:1"
+    resp = await emu.create(emu.body(), headers={"X-Client-Request-Id": "has space"})
+    assert resp.status == 200
+    assert "X-Client-Request-Id" not in resp.headers
+    resp = await emu.fetch(gen_id, headers={"X-Client-Request-Id": "poll-1"})
+    assert resp.headers["X-Client-Request-Id"] == "poll-1"
+    records = (await emu.stats())["requests"]
+    assert [r["client_request_id"] for r in records] == ["dag.x:run_1:task-2:0:1", None, "poll-1"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fetch and the state machine
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_state_machine_to_completed_matches_fetch_schema(
+    emu: Emu, vendor_schemas: VendorSchemas
+) -> None:
+    gen_id = await emu.submit(emu.body(duration=10))
+    seen = []
+    for step in (0.0, 0.5, 0.6, 2.0, 1.0):  # queued until 1.0 s, generating until 4.0 s
+        emu.clock.advance(step)
+        resp = await emu.fetch(gen_id)
+        answer = await resp.json()
+        vendor_schemas.fetch_response.validate(answer)
+        assert answer["id"] == gen_id
+        seen.append(answer["status"])
+        if answer["status"] != "completed":
+            assert answer["video"] is None
+            assert answer["meta"] is None
+            assert answer["error"] is None
+            assert "x-aimlapi-credits-used" not in resp.headers
+    assert seen == ["queued", "queued", "generating", "generating", "completed"]
+    assert answer["error"] is None
+    assert answer["meta"] == {"usage": {"credits_used": 240_000}}  # 10 s costs double
+    assert resp.headers["x-aimlapi-credits-used"] == "240000"
+    video = answer["video"]
+    assert video["content_type"] == "video/mp4"
+    assert video["file_name"] == "output.mp4"
+    # The URL is on the origin the client used.
+    assert video["url"].startswith(emu.url("/files/"))
+    async with emu.client.session.get(video["url"]) as got:
+        assert got.status == 200
+        assert got.headers["Content-Type"] == "video/mp4"
+        data = await got.read()
+        assert int(got.headers["Content-Length"]) == len(data) == video["file_size"]
+    _, frames, _ = _decode(data)  # render "off": the tiny fixed clip, still a valid MP4
+    assert frames
+
+
+async def test_legacy_statuses(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(legacy_statuses=True)
+    resp = await emu.create(emu.body())
+    assert (await resp.json())["status"] == "waiting"
+    gen_id = (await resp.json())["id"]
+    statuses = []
+    for step in (0.0, 1.5, 3.0):
+        emu.clock.advance(step)
+        statuses.append((await emu.fetch_json(gen_id))["status"])
+    assert statuses == ["waiting", "active", "completed"]
+
+
+@pytest.mark.parametrize(
+    ("create_path", "fetch_path"), [(CREATE_PATH, LEGACY_PATH), (LEGACY_PATH, CREATE_PATH)]
+)
+async def test_both_endpoint_styles(emu: Emu, create_path: str, fetch_path: str) -> None:
+    gen_id = await emu.submit(path=create_path)
+    assert (await emu.fetch_json(gen_id, path=fetch_path))["status"] == "queued"
+    emu.clock.advance(10)
+    assert (await emu.fetch_json(gen_id, path=create_path))["status"] == "completed"
+    resp = await emu.fetch("nope", path=fetch_path)
+    assert resp.status == 404
+    _assert_envelope(await resp.json(), 404, fetch_path, resp)
+
+
+async def test_url_encoded_ids_and_fetch_errors(emu: Emu) -> None:
+    gen_id = await emu.submit()
+    assert ":" in gen_id
+    assert "/" in gen_id
+    raw = yarl.URL(emu.url(CREATE_PATH) + "?generation_id=" + quote(gen_id, safe=""), encoded=True)
+    assert "%3A" in str(raw)
+    assert "%2F" in str(raw)
+    async with emu.client.session.get(raw, headers=AUTH) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["id"] == gen_id
+
+    resp = await emu.fetch("00000000-0000-0000-0000-000000000000:kling-video/v1.6/standard/effects")
+    assert resp.status == 404
+    body = await resp.json()
+    assert body["message"] == "Generation not found"
+    _assert_envelope(body, 404, CREATE_PATH, resp)
+
+    for params in ({}, {"generation_id": ""}):
+        resp = await emu.client.get(CREATE_PATH, params=params, headers=AUTH)
+        assert resp.status == 400
+        _assert_envelope(await resp.json(), 400, CREATE_PATH, resp)
+
+
+async def test_generating_time_spread_is_seeded(make_emulator: MakeEmu) -> None:
+    spans = []
+    for _ in range(2):
+        emu = await make_emulator(generating_seconds=10, generating_seconds_max=20, seed=7)
+        span = []
+        for _ in range(5):
+            gen = emu.state.generations[await emu.submit()]
+            span.append(gen.ready_at - gen.queued_until)
+        spans.append(span)
+    assert spans[0] == spans[1]
+    assert all(10 <= s <= 20 for s in spans[0])
+    assert len(set(spans[0])) == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# The face rule
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["detail", "name_message"])
+async def test_noface_fails_two_person_scenes(
+    make_emulator: MakeEmu, vendor_schemas: VendorSchemas, shape: str
+) -> None:
+    emu = await make_emulator(error_shape=shape)
+    noface = emu.url("/samples/landscape-NoFace.png?x=1")
+    gen_id = await emu.submit(emu.body("hug", [emu.url("/samples/person-1.png"), noface]))
+    emu.clock.advance(1.5)
+    assert (await emu.fetch_json(gen_id))["status"] == "generating"
+    emu.clock.advance(10)
+    answer = await emu.fetch_json(gen_id)
+    assert answer["status"] == "error"
+    assert answer["video"] is None
+    assert answer["meta"] is None
+    if shape == "name_message":
+        vendor_schemas.fetch_response.validate(answer)
+        assert answer["error"] == {
+            "name": "FaceDetectionError",
+            "message": "Could not detect face in the image",
+        }
+    else:
+        assert answer["error"] == {
+            "detail": [
+                {
+                    "loc": ["body", "image_url"],
+                    "msg": "Could not detect face in the image",
+                    "type": "face_detection_error",
+                    "input": noface,
+                }
+            ]
+        }
+
+
+async def test_noface_renders_normally_in_other_scenes(emu: Emu) -> None:
+    gen_id = await emu.submit(emu.body("squish", [emu.url("/samples/landscape-noface.png")]))
+    emu.clock.advance(10)
+    assert (await emu.fetch_json(gen_id))["status"] == "completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos and samples
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_samples(emu: Emu) -> None:
+    colours = set()
+    for name in SAMPLE_NAMES:
+        resp = await emu.client.get(f"/samples/{name}")
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "image/png"
+        img = Image.open(io.BytesIO(await resp.read()))
+        assert img.size == (512, 512)
+        colours.add(img.convert("RGB").getpixel((5, 5)))
+    assert len(colours) == len(SAMPLE_NAMES)
+    assert "noface" in SAMPLE_NAMES[-1]
+    assert (await emu.client.get("/samples/person-9.png")).status == 404
+
+
+async def test_completion_waits_for_the_render(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(render="eager", render_concurrency=1)
+    # Hold the only render slot so the render can't finish before we look.
+    await emu.state.render_slots.acquire()
+    try:
+        gen_id = await emu.submit(emu.body("squish"))
+        emu.clock.advance(3600)
+        assert (await emu.fetch_json(gen_id))["status"] == "generating"
+    finally:
+        emu.state.render_slots.release()
+    await emu.state.wait_for_renders()
+    assert (await emu.fetch_json(gen_id))["status"] == "completed"
+
+
+@pytest.mark.parametrize(("scene", "duration"), [("squish", 5), ("hug", 10)])
+async def test_rendered_mp4_decodes_with_the_right_length(
+    make_emulator: MakeEmu, vendor_schemas: VendorSchemas, scene: str, duration: int
+) -> None:
+    emu = await make_emulator(render="eager")
+    images = [emu.url("/samples/person-1.png"), emu.url("/samples/person-2.png")][
+        : 2 if scene == "hug" else 1
+    ]
+    gen_id = await emu.submit(emu.body(scene, images, duration=duration))
+    answer = await _complete(emu, gen_id)
+    vendor_schemas.fetch_response.validate(answer)
+    async with emu.client.session.get(answer["video"]["url"]) as resp:
+        assert resp.headers["Content-Type"] == "video/mp4"
+        data = await resp.read()
+        assert int(resp.headers["Content-Length"]) == len(data) == answer["video"]["file_size"]
+    seconds, frames, codec = _decode(data)
+    assert abs(seconds - duration) < 0.2
+    assert len(frames) == duration * 24
+    assert frames[0].size == (320, 320)
+    assert codec in ("h264", "mpeg4")
+    assert emu.state.generations[gen_id].fallback_images == ()
+    if scene == "hug":
+        # The first photo (person-1, blue background) ends on the left, the second (orange) right.
+        last = frames[-1]
+        r, _, b = _mean(last, (22, 95, 42, 125))
+        assert b > r + 60, (r, b)
+        r, _, b = _mean(last, (280, 95, 300, 125))
+        assert r > b + 60, (r, b)
+    else:
+        # Squish: the photo is squashed at some point (background shows at the top), not at frame 0.
+        top_rows = [_mean(f, (0, 0, 320, 20)) for f in frames]
+        assert top_rows[0][2] > top_rows[0][0] + 60  # blue photo fills the top at first
+        assert any(abs(r - b) < 40 for r, _, b in top_rows)  # light background shows when squashed
+
+
+@pytest.mark.parametrize("where", ["unreachable", "not-an-image"])
+async def test_fallback_frame_when_the_image_is_unusable(make_emulator: MakeEmu, where: str) -> None:
+    emu = await make_emulator(render="eager")
+    url = _refused_url() if where == "unreachable" else emu.url("/health")
+    gen_id = await emu.submit(emu.body("magic_fireball", [url]))
+    await _complete(emu, gen_id)
+    gen = emu.state.generations[gen_id]
+    assert gen.fallback_images == (0,)
+    assert gen.video is not None
+    _, frames, _ = _decode(gen.video)
+    mean = _mean(frames[0], (0, 0, 320, 320))
+    assert all(abs(m - p) < 30 for m, p in zip(mean, PLACEHOLDER_BACKGROUND, strict=True)), mean
+
+
+async def test_lazy_render_and_video_dir(make_emulator: MakeEmu, tmp_path: Path) -> None:
+    emu = await make_emulator(render="lazy", video_dir=tmp_path / "videos")
+    gen_id = await emu.submit(emu.body("expansion"))
+    emu.clock.advance(10)
+    answer = await emu.fetch_json(gen_id)
+    assert answer["status"] == "completed"
+    assert answer["video"]["file_size"] is None  # not rendered yet
+    assert not emu.state.pending_renders
+    async with emu.client.session.get(answer["video"]["url"]) as resp:
+        assert resp.status == 200
+        data = await resp.read()
+        assert int(resp.headers["Content-Length"]) == len(data)
+    assert len(_decode(data)[1]) == 120
+    assert (tmp_path / "videos" / f"{emu.state.generations[gen_id].file_id}.mp4").read_bytes() == data
+
+
+async def test_video_is_not_served_before_completion(emu: Emu) -> None:
+    gen_id = await emu.submit()
+    file_id = emu.state.generations[gen_id].file_id
+    resp = await emu.client.get(f"/files/{file_id}/output.mp4")
+    assert resp.status == 404
+    assert (await emu.client.get("/files/unknown/output.mp4")).status == 404
+
+
+# ---------------------------------------------------------------------------------------------
+# Faults
+# ---------------------------------------------------------------------------------------------
+
+
+async def _fresh_session_call(method: str, url: str, **kwargs: Any) -> aiohttp.ClientResponse:
+    # A new connection, as a client that just connected would see the drop.
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+        session.request(method, url, **kwargs) as resp,
+    ):
+        await resp.read()
+        return resp
+
+
+async def test_fault_status_with_retry_after_creates_nothing(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("status", route="create", status=503, retry_after=2)])
+    resp = await emu.create(emu.body())
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "2"
+    _assert_envelope(await resp.json(), 503, CREATE_PATH, resp)
+    assert emu.state.submissions == 0
+    assert not emu.state.generations
+    assert (await emu.create(emu.body())).status == 200  # times=1: the next one goes through
+    stats = await emu.stats()
+    assert stats["faults_injected"] == 1
+    assert [r["fault"] for r in stats["requests"]] == ["status", None]
+
+
+async def test_fault_skip_times_and_method(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(
+        faults=[
+            FaultRule("status", route="fetch", status=500, skip=1, times=2),
+            FaultRule("status", method="POST", status=429),
+        ]
+    )
+    assert (await emu.create(emu.body())).status == 429
+    gen_id = await emu.submit()
+    statuses = [(await emu.fetch(gen_id)).status for _ in range(4)]
+    assert statuses == [200, 500, 500, 200]
+    assert emu.state.faults_injected == 3
+
+
+async def test_fault_forever(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("status", route="create", status=502, times=-1)])
+    assert [(await emu.create(emu.body())).status for _ in range(5)] == [502] * 5
+
+
+async def test_fault_drop_on_create_creates_nothing(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("drop", route="create")])
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _fresh_session_call("POST", emu.url(CREATE_PATH), json=emu.body(), headers=AUTH)
+    assert emu.state.submissions == 0
+    assert not emu.state.generations
+    stats = await emu.stats()
+    assert stats["requests"][0]["fault"] == "drop"
+    assert stats["requests"][0]["status"] is None
+    assert (await emu.create(emu.body())).status == 200
+
+
+async def test_fault_drop_after_accept_is_ambiguous(make_emulator: MakeEmu) -> None:
+    # route "*": for this action it means create requests only.
+    emu = await make_emulator(faults=[FaultRule("drop_after_accept")])
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await _fresh_session_call("POST", emu.url(CREATE_PATH), json=emu.body(), headers=AUTH)
+    assert emu.state.submissions == 1  # the dropped create was accepted (and paid for)
+    (gen_id,) = emu.state.generations
+    assert (await emu.fetch(gen_id)).status == 200  # fetches are not affected
+    stats = await emu.stats()
+    assert [(r["fault"], r["status"]) for r in stats["requests"]] == [
+        ("drop_after_accept", None),
+        (None, 200),
+    ]
+
+
+async def test_fault_drop_on_fetch_and_video(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator()
+    gen_id = await emu.submit()
+    emu.clock.advance(10)
+    video_url = (await emu.fetch_json(gen_id))["video"]["url"]
+    emu.state.set_faults([FaultRule("drop", route="fetch"), FaultRule("drop", route="video")])
+    # The test client's session does not retry; a default aiohttp session retries an idempotent
+    # request once after a disconnect, so a single dropped GET would go unnoticed there.
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await emu.fetch(gen_id)
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await emu.client.session.get(video_url)
+    async with emu.client.session.get(video_url) as resp:
+        assert resp.status == 200
+    assert (await emu.fetch(gen_id)).status == 200
+    assert emu.state.faults_injected == 2
+
+
+async def test_fault_slow(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("slow", route="fetch", delay=0.3)])
+    gen_id = await emu.submit()
+    started = time.monotonic()
+    assert (await emu.fetch(gen_id)).status == 200
+    assert time.monotonic() - started >= 0.3
+
+
+async def test_fault_garbage(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("garbage", route="fetch")])
+    gen_id = await emu.submit()
+    resp = await emu.fetch(gen_id)
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/html")
+    with pytest.raises(ValueError):  # noqa: PT011 - json's error, whatever its message
+        json.loads(await resp.text())
+
+
+async def test_fault_status_on_video(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("status", route="video", status=502)])
+    gen_id = await emu.submit()
+    emu.clock.advance(10)
+    url = (await emu.fetch_json(gen_id))["video"]["url"]
+    async with emu.client.session.get(url) as resp:
+        assert resp.status == 502
+    async with emu.client.session.get(url) as resp:
+        assert resp.status == 200
+
+
+async def test_faults_admin_endpoint(emu: Emu) -> None:
+    resp = await emu.client.post(
+        "/_emulator/faults",
+        json={"rules": [{"action": "status", "route": "create", "status": 500, "times": 2}]},
+    )
+    assert resp.status == 200
+    assert [(await emu.create(emu.body())).status for _ in range(3)] == [500, 500, 200]
+    resp = await emu.client.post("/_emulator/faults", json={"rules": [{"action": "explode"}]})
+    assert resp.status == 400
+    assert (await resp.json())["errors"][0]["path"] == "rules"
+    resp = await emu.client.post("/_emulator/faults", json={"rules": []})
+    assert resp.status == 200
+    assert emu.state.fault_rules == []
+
+
+def test_fault_rule_parsing() -> None:
+    rules = list(
+        iter_fault_rules(
+            [
+                '{"action": "status", "route": "create", "status": 503, "retry_after": 1.5}',
+                '[{"action": "slow", "delay": 2, "method": "get"},'
+                ' {"action": "drop", "skip": 1, "times": -1}]',
+            ]
+        )
+    )
+    assert rules[0] == FaultRule("status", route="create", status=503, retry_after=1.5)
+    assert rules[1].method == "GET"
+    assert rules[1].delay == 2.0
+    assert rules[2].times == -1
+    assert rules[2].skip == 1
+    assert FaultRule.from_dict(rules[0].to_dict()) == rules[0]
+    for bad in (
+        {"action": "explode"},
+        {"action": "status"},  # no status
+        {"action": "drop", "route": "everywhere"},
+        {"action": "drop_after_accept", "route": "fetch"},
+        {"action": "drop", "bogus": 1},
+        {"action": "drop", "times": "x"},
+        {"route": "create"},
+    ):
+        with pytest.raises(ValueError):  # noqa: PT011 - each has its own message
+            FaultRule.from_dict(bad)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        list(iter_fault_rules(["{nope"]))
+    args = build_parser().parse_args(["--port", "0", "--fault", '{"action": "garbage"}', "--render", "off"])
+    config = config_from_args(args)
+    assert config.faults == [FaultRule("garbage")]
+    assert config.render == "off"
+
+
+# ---------------------------------------------------------------------------------------------
+# Credits, stats, reset, concurrency
+# ---------------------------------------------------------------------------------------------
+
+
+async def test_credits_budget(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(credits=360_000)
+    assert (await emu.create(emu.body(duration=10))).status == 200  # 240,000
+    assert (await emu.create(emu.body())).status == 200  # 120,000
+    resp = await emu.create(emu.body())
+    assert resp.status == 403
+    body = await resp.json()
+    _assert_envelope(body, 403, CREATE_PATH, resp)
+    assert body["message"] == "Insufficient credits: top up your AI/ML API balance"
+    stats = await emu.stats()
+    assert stats["submissions"] == 2
+    assert stats["credits_remaining"] == 0
+    assert stats["credits_spent"] == 360_000
+
+
+async def test_stats_and_reset(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("status", route="fetch", status=503)])
+    gen_id = await emu.submit()
+    await emu.create({"model": "x"})
+    await emu.fetch(gen_id)  # faulted
+    await emu.fetch(gen_id)
+    await emu.client.get("/health")  # the observer's endpoints are not recorded
+    stats = await emu.stats()
+    assert stats["submissions"] == 1
+    assert stats["faults_injected"] == 1
+    assert stats["generations"] == {gen_id: "queued"}
+    assert stats["requests"] == [
+        {
+            "method": "POST",
+            "path": CREATE_PATH,
+            "query_generation_id": None,
+            "client_request_id": None,
+            "status": 200,
+            "fault": None,
+        },
+        {
+            "method": "POST",
+            "path": CREATE_PATH,
+            "query_generation_id": None,
+            "client_request_id": None,
+            "status": 400,
+            "fault": None,
+        },
+        {
+            "method": "GET",
+            "path": CREATE_PATH,
+            "query_generation_id": gen_id,
+            "client_request_id": None,
+            "status": 503,
+            "fault": "status",
+        },
+        {
+            "method": "GET",
+            "path": CREATE_PATH,
+            "query_generation_id": gen_id,
+            "client_request_id": None,
+            "status": 200,
+            "fault": None,
+        },
+    ]
+    assert (await emu.client.post("/_emulator/reset")).status == 200
+    stats = await emu.stats()
+    assert stats["submissions"] == 0
+    assert stats["requests"] == []
+    assert stats["generations"] == {}
+    assert stats["faults_injected"] == 0
+    assert (await emu.fetch(gen_id)).status == 503  # configured faults are re-armed by a reset
+    assert (await emu.fetch(gen_id)).status == 404
+
+
+async def test_many_concurrent_generations_and_polls(emu: Emu) -> None:
+    ids = await asyncio.gather(*(emu.submit() for _ in range(300)))
+    assert len(set(ids)) == 300
+    emu.clock.advance(2)
+    answers = await asyncio.gather(*(emu.fetch_json(i) for i in ids for _ in range(2)))
+    assert {a["status"] for a in answers} == {"generating"}
+    stats = await emu.stats()
+    assert stats["submissions"] == 300
+    assert len(stats["requests"]) == 900
+
+
+# ---------------------------------------------------------------------------------------------
+# In a thread, and from the command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _http(
+    method: str, url: str, body: Any = None, key: str | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data else {}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def test_run_in_thread_never_logs_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-very-secret-0042"
+    config = EmulatorConfig(api_key=secret, queued_seconds=0, generating_seconds=0, render="off")
+    assert secret not in repr(config)
+    with run_emulator_in_thread(config) as running:
+        assert running.url.startswith("http://127.0.0.1:")
+        body = {
+            "model": STANDARD,
+            "effect_scene": "squish",
+            "image_url": f"{running.url}/samples/person-3.png",
+        }
+        status, _, raw = _http("POST", f"{running.url}{CREATE_PATH}", body, key=secret)
+        assert status == 200
+        gen_id = json.loads(raw)["id"]
+        status, _, raw = _http(
+            "GET", f"{running.url}{CREATE_PATH}?generation_id={quote(gen_id, safe='')}", key=secret
+        )
+        assert status == 200
+        assert json.loads(raw)["status"] == "completed"
+        assert _http("GET", f"{running.url}{CREATE_PATH}?generation_id=x", key="wrong")[0] == 401
+        stats = running.stats()
+        assert stats["submissions"] == 1
+        assert stats["generations"] == {gen_id: "completed"}
+        running.set_faults([FaultRule("status", route="create", status=500)])
+        assert _http("POST", f"{running.url}{CREATE_PATH}", body, key=secret)[0] == 500
+        running.reset()
+        assert running.stats()["submissions"] == 0
+    running.stop()  # a second stop is harmless
+    assert "aiohttp.access" in {r.name for r in caplog.records}
+    assert secret not in caplog.text
+    assert "Bearer" not in caplog.text
+    assert "Authorization" not in caplog.text
+
+
+def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise AssertionError(f"no output within {timeout}s")
+    return proc.stdout.readline()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses select() on a pipe and SIGTERM")
+def test_cli_prints_one_line_and_serves(tmp_path: Path) -> None:
+    env = {**os.environ, "KLINGFX_EMULATOR_API_KEY": "cli-secret-key"}
+    fault = json.dumps({"action": "status", "route": "create", "status": 503, "retry_after": 1})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "airflow_provider_klingfx.emulator", "--port", "0", "--fault", fault,
+         "--queued-seconds", "0", "--generating-seconds", "0", "--render", "off"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = _read_line(proc, 60)
+        assert line.startswith("KLINGFX EMULATOR LISTENING http://127.0.0.1:"), line
+        url = line.split()[-1]
+        body = {"model": STANDARD, "effect_scene": "squish", "image_url": "https://example.com/a.png"}
+        status, headers, _ = _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")
+        assert status == 503
+        assert headers["Retry-After"] == "1"
+        assert _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")[0] == 200
+        assert _http("GET", f"{url}/health")[0] == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert out == ""  # nothing after the LISTENING line: logs go to stderr
+    assert "POST /v2/video/generations" in err  # the access log
+    assert "cli-secret-key" not in err

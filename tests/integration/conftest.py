@@ -1,0 +1,37 @@
+"""A real Airflow (SQLite metadata DB, ``airflow dags test``) pointed at the emulator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from airflow_provider_klingfx.emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
+from tests.airflow_harness import AirflowEnv
+from tests.conftest import API_KEY
+
+
+@pytest.fixture(scope="session")
+def dag_emulator() -> Iterator[RunningEmulator]:
+    # Instant generations: the first poll, right after deferring, sees the video. The status
+    # machine itself is covered by the hook and trigger tests.
+    config = EmulatorConfig(api_key=API_KEY, queued_seconds=0, generating_seconds=0, render="off")
+    with run_emulator_in_thread(config) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory: pytest.TempPathFactory, dag_emulator: RunningEmulator) -> AirflowEnv:
+    env = AirflowEnv(
+        tmp_path_factory.mktemp("airflow_home"),
+        {"conn_type": "klingfx", "host": dag_emulator.url, "password": API_KEY},
+    )
+    env.migrate()
+    return env
+
+
+@pytest.fixture
+def fresh_emulator(dag_emulator: RunningEmulator) -> RunningEmulator:
+    dag_emulator.reset()
+    dag_emulator.set_faults([])
+    return dag_emulator
