@@ -3,7 +3,9 @@
 Needs a connection ``klingfx_default`` of type ``klingfx`` (Base URL + API key); see the README.
 Two-person scenes (hug, kiss, heart_gesture) need exactly two photos, each with a visible face;
 otherwise the vendor fails the generation with "Could not detect face in the image" and the task
-fails without retrying (a retry would pay again for the same result).
+fails without retrying (a retry would pay again for the same result). With ``output_path`` set, the
+MP4 is also streamed there (any Airflow object storage URL) and XCom ``output_path`` names it.
+This is the DAG ``make demo`` runs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ with DAG(
             type="string",
         ),
         "scene": Param("hug", enum=["hug", "kiss", "heart_gesture"]),
+        "output_path": Param(
+            "",
+            type="string",
+            description="optional: where to keep the MP4 (file:///..., s3://...); empty: CDN URL only",
+        ),
     },
 ):
     KlingFxEffectOperator(
@@ -35,4 +42,5 @@ with DAG(
         effect_scene="{{ params.scene }}",
         image_urls=["{{ params.left_photo }}", "{{ params.right_photo }}"],
         model="klingai/kling-video-v1.6-pro-effects",
+        output_path="{{ params.output_path }}",
     )

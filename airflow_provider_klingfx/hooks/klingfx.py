@@ -43,6 +43,17 @@ def _mask(secret: str) -> None:
     mask_secret(secret)
 
 
+def _airflow_at_least(major: int, minor: int) -> bool:
+    from airflow import __version__
+
+    found = tuple(int(p) for p in __version__.split(".")[:2])
+    return found >= (major, minor)
+
+
+#: Airflow 3.2+ builds the connection form from provider info (``conn-fields``/``ui-field-behaviour``).
+_DECLARATIVE_CONNECTION_FORMS = _airflow_at_least(3, 2)
+
+
 class KlingFxHook(BaseHook):
     """Talks to the AI/ML API for the Kling v1.6 effects models.
 
@@ -87,6 +98,21 @@ class KlingFxHook(BaseHook):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
+
+    if not _DECLARATIVE_CONNECTION_FORMS:
+        # Airflow 3.1 reads the form only from the hook (and only with wtforms installed, e.g. by the
+        # FAB provider); 3.2+ reads provider info and warns if the hook defines this, hence the guard.
+        @classmethod
+        def get_ui_field_behaviour(cls) -> dict[str, Any]:
+            """Connection form behaviour for Airflow 3.1, the same as the provider info declares."""
+            from airflow_provider_klingfx.get_provider_info import get_provider_info
+
+            behaviour = get_provider_info()["connection-types"][0]["ui-field-behaviour"]
+            return {
+                "hidden_fields": behaviour["hidden-fields"],
+                "relabeling": behaviour["relabeling"],
+                "placeholders": behaviour["placeholders"],
+            }
 
     # -- connection -------------------------------------------------------------------------
 

@@ -33,7 +33,7 @@ from airflow_provider_klingfx.domain import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
-    from airflow.sdk.types import TaskInstanceKey
+    from airflow.sdk.types import TaskInstanceKey  # type: ignore[attr-defined]  # 3.1 keeps it elsewhere
 
     from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 

@@ -176,3 +176,29 @@ def test_the_key_is_nowhere_after_the_runs(airflow, dag_emulator):
     """Runs last in this module: search the metadata DB, logs and all output for the key."""
     assert len(airflow.outputs) >= 8
     assert airflow.places_containing(API_KEY) == []
+
+
+def _airflow_version() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("apache-airflow").split(".")[:2]
+    return int(major), int(minor)
+
+
+def test_task_retries_reattach_instead_of_paying_again(airflow, fresh_emulator):
+    """Each try times out (1 s) before the 4 s generation ends; retries must not resubmit on 3.3+."""
+    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 4))
+    try:
+        result = airflow.dags_test(
+            "test_klingfx_retry_reattach", {"photo": samples(fresh_emulator, "person-1.png")[0]}
+        )
+    finally:
+        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 0))
+    assert_succeeded(result)
+    tries = result.output.count("did not finish within 1s") + 1
+    assert tries >= 2
+    if _airflow_version() >= (3, 3):
+        assert fresh_emulator.stats()["submissions"] == 1
+        assert result.output.count("Reattaching to generation") == tries - 1
+    else:  # documented: no task_state_store before 3.3, so every try submits (and pays)
+        assert fresh_emulator.stats()["submissions"] == tries

@@ -1,0 +1,55 @@
+"""Airflow discovers the provider through its entry point, with the declarative connection form."""
+
+from __future__ import annotations
+
+import pytest
+
+from airflow_provider_klingfx.get_provider_info import get_provider_info
+from airflow_provider_klingfx.hooks.klingfx import _DECLARATIVE_CONNECTION_FORMS
+
+pytestmark = pytest.mark.airflow_run
+
+
+def test_package_name_matches_the_distribution():
+    from importlib.metadata import distribution
+
+    info = get_provider_info()
+    assert info["package-name"] == distribution("airflow-provider-klingfx").metadata["Name"]
+    (conn,) = info["connection-types"]
+    assert conn["connection-type"] == "klingfx"
+    behaviour = conn["ui-field-behaviour"]
+    assert behaviour["relabeling"] == {"host": "Base URL", "password": "API key"}
+    assert behaviour["placeholders"]["host"] == "https://api.aimlapi.com"
+    assert set(behaviour["hidden-fields"]) == {"schema", "port", "login", "extra"}
+    assert conn["conn-fields"]["endpoint"]["schema"]["enum"] == ["universal", "legacy"]
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("list", "airflow-provider-klingfx"),
+        ("hooks", "airflow_provider_klingfx.hooks.klingfx.KlingFxHook"),
+        ("behaviours", "klingfx"),
+        ("links", "airflow_provider_klingfx.operators.klingfx.KlingFxVideoLink"),
+        ("triggers", "airflow_provider_klingfx.triggers.klingfx"),
+    ],
+)
+def test_airflow_providers_commands_show_the_provider(airflow, command, expected):
+    if command == "behaviours" and not _DECLARATIVE_CONNECTION_FORMS:
+        pytest.skip(
+            "Airflow 3.1 reads connection-form behaviour from hook methods only with wtforms installed"
+        )
+    proc = airflow.run("providers", command)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert expected in out
+    ours = [line for line in out.splitlines() if "warn" in line.lower() and "klingfx" in line.lower()]
+    assert ours == []
+
+
+def test_hook_defines_no_deprecated_form_methods_where_provider_info_is_read():
+    """On 3.2+ the form comes from provider info; the hook methods would emit deprecation warnings."""
+    from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+
+    assert "get_connection_form_widgets" not in KlingFxHook.__dict__
+    assert ("get_ui_field_behaviour" in KlingFxHook.__dict__) is (not _DECLARATIVE_CONNECTION_FORMS)
