@@ -73,11 +73,15 @@ class ApiSettings:
     :param base_url: scheme and host, without a trailing slash.
     :param api_key: the key, wrapped so it never prints.
     :param endpoint: ``universal`` or ``legacy``.
+    :param connect_timeout: seconds to open a connection.
+    :param read_timeout: seconds to wait for an answer.
     """
 
     base_url: str
     api_key: ApiKey
     endpoint: str = "universal"
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
 
     @property
     def path(self) -> str:
@@ -155,7 +159,8 @@ def settings_from_connection(
     :param host: base URL (default: the public API).
     :param schema: optional scheme when host has none.
     :param password: the API key.
-    :param extra: extras; ``endpoint`` is ``universal`` (default) or ``legacy``.
+    :param extra: extras: ``endpoint`` is ``universal`` (default) or ``legacy``; ``connect_timeout``
+        and ``read_timeout`` in seconds (defaults 10 and 30).
     :raises KlingFxConnectionConfigError: with what to fix.
     """
     if not password or not password.strip():
@@ -174,7 +179,19 @@ def settings_from_connection(
         base_url = normalise_base_url(host, schema)
     except KlingFxConnectionConfigError as exc:
         raise KlingFxConnectionConfigError(f"connection {conn_id!r}: {exc}") from None
-    return ApiSettings(base_url=base_url, api_key=ApiKey(password.strip()), endpoint=endpoint)
+    timeouts = {}
+    for name, default in (("connect_timeout", 10.0), ("read_timeout", 30.0)):
+        raw = extra.get(name)
+        try:
+            value = default if raw in (None, "") else float(raw)
+        except (TypeError, ValueError):
+            value = -1.0
+        if value <= 0:
+            raise KlingFxConnectionConfigError(
+                f"connection {conn_id!r} has {name}={raw!r} in extra; give a positive number of seconds"
+            )
+        timeouts[name] = value
+    return ApiSettings(base_url=base_url, api_key=ApiKey(password.strip()), endpoint=endpoint, **timeouts)
 
 
 def build_headers(settings: ApiSettings, *, client_request_id: str | None = None) -> dict[str, str]:

@@ -28,7 +28,7 @@ class RetryPolicy:
     """
 
     max_attempts: int = 5
-    initial_wait: float = 1.0
+    initial_wait: float = 0.5
     max_wait: float = 30.0
 
     def wait_seconds(self, retry_state: tenacity.RetryCallState) -> float:

@@ -200,6 +200,15 @@ class KlingFxTimeoutError(KlingFxError):
         )
 
 
+def abandoned_notice(generation_id: str) -> str:
+    """What to tell a user whose task stopped watching a generation that may still be running."""
+    return (
+        f"Stopped watching Kling generation {generation_id}; the API has no cancel call, so it may still "
+        f"finish (and be billed) at the vendor. Fetch it later with "
+        f"KlingFxGenerationSensor(generation_id={generation_id!r})."
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Requests
 # ---------------------------------------------------------------------------------------------

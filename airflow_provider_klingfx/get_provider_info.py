@@ -70,6 +70,16 @@ def get_provider_info() -> dict[str, Any]:
                             "enum": ["universal", "legacy"],
                         },
                     },
+                    "read_timeout": {
+                        "label": "Read timeout (s)",
+                        "description": "Seconds to wait for an answer from the API (default 30).",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                    "connect_timeout": {
+                        "label": "Connect timeout (s)",
+                        "description": "Seconds to open a connection to the API (default 10).",
+                        "schema": {"type": ["number", "null"], "default": 10},
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],

@@ -62,8 +62,10 @@ class KlingFxHook(BaseHook):
     ``legacy`` (``/v2/generate/video/kling/generation``).
 
     :param klingfx_conn_id: the Airflow connection to use.
-    :param connect_timeout: seconds to open a connection.
-    :param read_timeout: seconds to wait for an answer.
+    :param connect_timeout: seconds to open a connection (default: the connection's extra
+        ``connect_timeout``, else 10).
+    :param read_timeout: seconds to wait for an answer (default: the connection's extra
+        ``read_timeout``, else 30).
     :param retry_policy: how transient failures of one call are retried.
     :param sleep: sync sleep used between retries and polls (tests inject a recorder).
     :param async_sleep: async sleep used between retries (tests inject a recorder).
@@ -78,8 +80,8 @@ class KlingFxHook(BaseHook):
         self,
         klingfx_conn_id: str = default_conn_name,
         *,
-        connect_timeout: float = 10.0,
-        read_timeout: float = 30.0,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -87,8 +89,8 @@ class KlingFxHook(BaseHook):
     ) -> None:
         super().__init__(**kwargs)
         self.klingfx_conn_id = klingfx_conn_id
-        self.connect_timeout = connect_timeout
-        self.read_timeout = read_timeout
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self.retry_policy = retry_policy or RetryPolicy()
         self._sleep = sleep
         self._async_sleep = async_sleep
@@ -149,6 +151,16 @@ class KlingFxHook(BaseHook):
                 raise self._missing(exc) from None
             self._settings = self._settings_from(conn)
         return self._settings
+
+    @property
+    def connect_timeout(self) -> float:
+        """Seconds to open a connection: the hook's argument, else the connection's."""
+        return self._connect_timeout if self._connect_timeout is not None else self.settings.connect_timeout
+
+    @property
+    def read_timeout(self) -> float:
+        """Seconds to wait for an answer: the hook's argument, else the connection's."""
+        return self._read_timeout if self._read_timeout is not None else self.settings.read_timeout
 
     # -- sync I/O ---------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from airflow_provider_klingfx.domain import (
     KlingFxTimeoutError,
     Usage,
     Video,
+    abandoned_notice,
     client_request_id,
 )
 
@@ -194,6 +195,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         self.poll_interval = float(poll_interval)
         self.timeout = _seconds(timeout)
         self.output_path = output_path
+        self._generation_id: str | None = None
         if self.poll_interval <= 0:
             raise KlingFxInvalidInputError(f"poll_interval must be positive, got {poll_interval!r}")
         if self.timeout <= 0:
@@ -262,6 +264,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             store = _task_state_store(context)
             if store is not None:
                 store.set(STATE_STORE_KEY, {"generation_id": gen_id, "submitted_at": time.time()})
+        self._generation_id = gen_id
         submitted_at = time.time()
         ti = context["ti"]
         ti.xcom_push(key=XCOM_GENERATION_ID, value=gen_id)
@@ -287,6 +290,11 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             timeout=timedelta(seconds=self.timeout) + DEFER_TIMEOUT_GRACE,
         )
         raise AssertionError("defer() raises")  # pragma: no cover
+
+    def on_kill(self) -> None:
+        """Killed while polling on the worker (``execution_timeout``, marked failed): say what is left."""
+        if self._generation_id:
+            self.log.warning(abandoned_notice(self._generation_id))
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: return the video URL, or raise the typed error the event names."""

@@ -16,6 +16,7 @@ from airflow_provider_klingfx.domain import (
     KlingFxAuthError,
     KlingFxConnectionConfigError,
     KlingFxError,
+    abandoned_notice,
 )
 
 #: ``status`` values of the one event the trigger yields.
@@ -182,9 +183,4 @@ class KlingFxGenerationTrigger(BaseTrigger):
 
     async def on_kill(self) -> None:
         """Called (Airflow 3.3+) when a user marks or clears the task while it is deferred."""
-        self.log.warning(
-            "Stopped watching Kling generation %s; the API has no cancel call, so it may still finish "
-            "(and be billed) at the vendor. Fetch it later with KlingFxGenerationSensor(generation_id=%r).",
-            self.generation_id,
-            self.generation_id,
-        )
+        self.log.warning(abandoned_notice(self.generation_id))
