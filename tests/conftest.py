@@ -78,3 +78,19 @@ def sleeps() -> SleepRecorder:
 
 def faults(*rules: dict[str, Any]) -> list[FaultRule]:
     return [FaultRule(**r) for r in rules]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the figures tests recorded with ``record_property("summary", ...)`` (works under xdist)."""
+    lines = [
+        value
+        for outcome in ("passed", "failed")
+        for report in terminalreporter.stats.get(outcome, [])
+        if getattr(report, "when", "") == "call"
+        for name, value in getattr(report, "user_properties", [])
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("klingfx figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -173,7 +173,11 @@ def test_bad_input_fails_before_any_request(airflow, fresh_emulator, conf, messa
 
 
 def test_the_key_is_nowhere_after_the_runs(airflow, dag_emulator):
-    """Runs last in this module: search the metadata DB, logs and all output for the key."""
+    """Search the metadata DB, logs and all output for the key after this module's runs.
+
+    Defined after the runs it checks: pytest runs a module's tests in order, and the Makefile
+    distributes whole files to xdist workers (``--dist loadfile``).
+    """
     assert len(airflow.outputs) >= 8
     assert airflow.places_containing(API_KEY) == []
 
