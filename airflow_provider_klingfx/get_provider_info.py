@@ -38,7 +38,10 @@ def get_provider_info() -> dict[str, Any]:
         "operators": [
             {
                 "integration-name": "Kling Effects (AI/ML API)",
-                "python-modules": ["airflow_provider_klingfx.operators.klingfx"],
+                "python-modules": [
+                    "airflow_provider_klingfx.operators.klingfx",
+                    "airflow_provider_klingfx.operators.preview",
+                ],
             }
         ],
         "sensors": [

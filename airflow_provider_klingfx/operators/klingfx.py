@@ -163,8 +163,12 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     :param poll_interval: seconds between status checks.
     :param timeout: seconds (or a timedelta) from submission to completion before the task fails.
     :param output_path: where to save the video (``str`` or ``ObjectStoragePath``, any scheme Airflow's
-        object storage supports). Templated. When set, the video is streamed there after completion
-        and XCom ``output_path`` names it.
+        object storage supports; ``s3://<conn_id>@bucket/key`` picks a connection). Templated. When
+        set, the video is streamed there after completion and XCom ``output_path`` names it.
+
+    Give the operator ``outlets=[Asset(...)]`` to announce each new video: the asset event's extra
+    holds ``generation_id``, ``video_url`` and ``output_path``, so a DAG scheduled on that Asset
+    finds the file in ``triggering_asset_events``.
     """
 
     template_fields: Sequence[str] = ("effect_scene", "image_urls", "duration", "model", "output_path")
@@ -307,9 +311,24 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
 
     def _deliver(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
         url = self._push_result(context, generation_id, video, usage)
+        saved: str | None = None
         if self.output_path:
             from airflow_provider_klingfx.media import save_video
 
-            dest = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
-            context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=dest)
+            saved = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
+            context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=saved)
+        self._describe_outlets(context, generation_id, video, saved)
         return url
+
+    def _describe_outlets(
+        self, context: Context, generation_id: str, video: Video, saved: str | None
+    ) -> None:
+        """Attach the new video to each Asset outlet's event, for DAGs scheduled on that Asset."""
+        if not self.outlets:
+            return
+        from airflow.sdk import Asset
+
+        extra = {"generation_id": generation_id, "video_url": video.url, "output_path": saved}
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra.update(extra)
