@@ -4,7 +4,8 @@
 2. Prepares a throw-away Airflow home (.airflow-demo/, SQLite) and migrates its database.
 3. Runs the example DAG ``example_klingfx_hug`` with ``airflow dags test``: the operator submits,
    defers, the trigger polls, the video URL lands in XCom and the MP4 is saved to demo-output/.
-4. Checks the saved MP4 with PyAV and prints where everything is; stops the emulator.
+4. Checks the saved MP4 with PyAV, makes its GIF preview and poster frame, prints where everything
+   is, and stops the emulator.
 """
 
 from __future__ import annotations
@@ -137,6 +138,11 @@ def main() -> int:
         print(f"    generation id : {values.get('generation_id')}")
         print(f"    video URL     : {values.get('return_value')}")
         print(f"    saved MP4     : {target} ({target.stat().st_size} bytes; {probe_mp4(target)})")
+        from airflow_provider_klingfx.preview import make_preview
+
+        preview = make_preview(str(target))
+        print(f"    GIF preview   : {preview.gif_path.removeprefix('file://')} ({preview.frames} frames)")
+        print(f"    poster frame  : {preview.poster_path.removeprefix('file://')}")
         usage = values.get("usage")
         if usage:
             print(f"    usage         : {usage}")

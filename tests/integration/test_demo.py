@@ -38,3 +38,10 @@ def test_demo_leaves_a_playable_mp4():
         seconds = float(container.duration or 0) / 1_000_000
     assert abs(seconds - 5.0) < 0.25
     assert frames >= 100
+    gif = re.search(r"GIF preview\s+: (\S+\.gif) \((\d+) frames\)", proc.stdout)
+    assert gif, proc.stdout[-2000:]
+    from PIL import Image
+
+    with Image.open(gif.group(1)) as image:
+        assert image.format == "GIF"
+        assert image.n_frames == int(gif.group(2)) > 1
