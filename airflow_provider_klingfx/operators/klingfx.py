@@ -230,8 +230,12 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         try:
             generation = hook.get_generation(gen_id)
         except KlingFxAPIError as exc:
+            # Only an API that no longer knows the id justifies paying again; any other failure
+            # propagates, and the next retry looks again.
+            if exc.status_code != 404:
+                raise
             self.log.warning(
-                "A previous try's generation %s cannot be fetched (%s); submitting anew", gen_id, exc
+                "A previous try's generation %s is unknown to the API (%s); submitting anew", gen_id, exc
             )
             return None
         if generation.is_failed:

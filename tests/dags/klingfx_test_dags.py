@@ -42,3 +42,16 @@ with DAG(
         retries=6,
         retry_delay=timedelta(seconds=0.5),
     )
+
+with DAG(
+    dag_id="test_klingfx_missing_connection",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+):
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="https://example.com/p.png",
+        klingfx_conn_id="klingfx_nowhere",
+    )
