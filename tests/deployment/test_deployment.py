@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,70 @@ class Deployment:
         raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
+def airflow_version() -> tuple[int, int]:
+    from importlib.metadata import version
+
+    major, minor = version("apache-airflow").split(".")[:2]
+    return int(major), int(minor)
+
+
+def processes_running(marker: str) -> list[int]:
+    """Pids whose command line contains ``marker`` (the task instance id names a task's processes)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if marker.encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids
+
+
+def kill_a_polling_worker(deployment: Deployment, emulator) -> dict:
+    """SIGKILL the task process of a non-deferrable task after it submitted; let Airflow retry it."""
+    emulator.reset()
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 20))
+    deployment.cli("dags", "unpause", "test_klingfx_worker_dies")
+    conf = {"photo": f"{emulator.url}/samples/person-1.png"}
+    deployment.cli("dags", "trigger", "test_klingfx_worker_dies", "-c", json.dumps(conf))
+    deployment.wait_for("the submission", lambda: emulator.stats()["submissions"] >= 1, 120)
+
+    def ti_id() -> str | None:
+        rows = deployment.query(
+            "SELECT id FROM task_instance WHERE dag_id = 'test_klingfx_worker_dies' AND state = 'running'"
+        )
+        return str(rows[0][0]) if rows else None
+
+    deployment.wait_for("the running task instance", lambda: ti_id() is not None, 60)
+    raw = ti_id()
+    assert raw
+    marker = str(uuid.UUID(raw))  # SQLite keeps the UUID as 32 hex digits; process titles use dashes
+    deployment.wait_for("its processes", lambda: processes_running(marker), 30)
+    for pid in processes_running(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3))
+
+    def state() -> str | None:
+        rows = deployment.query("SELECT state FROM dag_run WHERE dag_id = 'test_klingfx_worker_dies'")
+        return rows[0][0] if rows else None
+
+    deployment.wait_for("the retried run to finish", lambda: state() in {"success", "failed"}, 240)
+    (tries,) = deployment.query(
+        "SELECT try_number FROM task_instance WHERE dag_id = 'test_klingfx_worker_dies'"
+    )[0]
+    logs = "".join(
+        p.read_text(errors="replace") for p in (deployment.home / "logs").rglob("*") if p.is_file()
+    )
+    return {
+        "state": state(),
+        "tries": tries,
+        "submissions": emulator.stats()["submissions"],
+        "reattached": "Reattaching to generation" in logs,
+    }
+
+
 def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_path, record_property):
     started = time.monotonic()
     config = EmulatorConfig(
@@ -138,7 +203,8 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
     home = tmp_path / "airflow"
     dags = home / "dags"
     dags.mkdir(parents=True)
-    shutil.copy(HERE / "dags" / "klingfx_deployment_dag.py", dags)
+    for dag_file in (HERE / "dags").glob("*.py"):
+        shutil.copy(dag_file, dags)
     api_port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
@@ -155,6 +221,7 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
         "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
         "AIRFLOW__API__PORT": str(api_port),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
     }
     deployment = Deployment(home, env)
     with run_emulator_in_thread(config) as emulator:
@@ -233,6 +300,7 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
                 )
             ]
             stats = emulator.stats()
+            worker_death = kill_a_polling_worker(deployment, emulator)
         finally:
             deployment.stop_all()
 
@@ -244,6 +312,10 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
         f"faults_injected={stats['faults_injected']} triggerer_restarts={TRIGGERER_RESTARTS} "
         f"trigger_rows_checked={trigger_rows_checked} wall_time={wall:.1f}s"
     )
+    summary += (
+        f"\nworker death: tries={worker_death['tries']} paid_submissions={worker_death['submissions']} "
+        f"final_state={worker_death['state']} reattached={worker_death['reattached']}"
+    )
     print(summary)
     record_property("summary", summary)
     assert run_state() == "success", states
@@ -252,6 +324,14 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
     assert all(u.startswith(emulator.url + "/files/") for u in urls)
     assert stats["submissions"] == GENERATIONS
     assert stats["faults_injected"] >= 20
+    # A worker killed while polling: on 3.3+ the retry reattaches (one paid submission); before
+    # 3.3 there is no task_state_store and the retry pays again (documented in the README).
+    assert worker_death["state"] == "success", worker_death
+    assert worker_death["tries"] == 2
+    if airflow_version() >= (3, 3):
+        assert (worker_death["submissions"], worker_death["reattached"]) == (1, True)
+    else:
+        assert (worker_death["submissions"], worker_death["reattached"]) == (2, False)
     leaks = []
     for path in home.rglob("*"):
         if path.is_file() and API_KEY.encode() in path.read_bytes():
