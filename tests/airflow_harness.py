@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+def airflow_version() -> tuple[int, int]:
+    """The installed Airflow's (major, minor), for tests whose expectations differ by version."""
+    from importlib.metadata import version
+
+    major, minor = version("apache-airflow").split(".")[:2]
+    return int(major), int(minor)
+
+
 @dataclass
 class DagRunResult:
     """What one ``airflow dags test`` left behind."""

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
+from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.deployment
@@ -123,13 +124,6 @@ class Deployment:
             f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.logs.glob("*.log"))
         )
         raise AssertionError(f"timed out waiting for {what}\n{tails}")
-
-
-def airflow_version() -> tuple[int, int]:
-    from importlib.metadata import version
-
-    major, minor = version("apache-airflow").split(".")[:2]
-    return int(major), int(minor)
 
 
 def processes_running(marker: str) -> list[int]:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.airflow_harness import REPO
+from tests.airflow_harness import REPO, airflow_version
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.airflow_run
@@ -182,13 +182,6 @@ def test_the_key_is_nowhere_after_the_runs(airflow, dag_emulator):
     assert airflow.places_containing(API_KEY) == []
 
 
-def _airflow_version() -> tuple[int, int]:
-    from importlib.metadata import version
-
-    major, minor = version("apache-airflow").split(".")[:2]
-    return int(major), int(minor)
-
-
 def test_task_retries_reattach_instead_of_paying_again(airflow, fresh_emulator):
     """Each try times out (1 s) before the 4 s generation ends; retries must not resubmit on 3.3+."""
     fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 4))
@@ -199,7 +192,7 @@ def test_task_retries_reattach_instead_of_paying_again(airflow, fresh_emulator):
     finally:
         fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 0))
     tries = result.output.count("did not finish within 1s")
-    if _airflow_version() >= (3, 3):
+    if airflow_version() >= (3, 3):
         assert_succeeded(result)
         assert tries >= 1
         assert fresh_emulator.stats()["submissions"] == 1
