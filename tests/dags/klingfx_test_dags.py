@@ -55,3 +55,19 @@ with DAG(
         image_urls="https://example.com/p.png",
         klingfx_conn_id="klingfx_nowhere",
     )
+
+with DAG(
+    dag_id="test_klingfx_execution_timeout",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"photo": Param("https://example.invalid/p.png", type="string")},
+):
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        deferrable=False,
+        poll_interval=0.5,
+        execution_timeout=timedelta(seconds=3),
+    )

@@ -74,3 +74,17 @@ def test_out_of_credits_fails_at_once(airflow, fresh_emulator):
     assert result.state == "failed"
     assert "AI/ML API answered 403 to POST /v2/video/generations: Insufficient credits" in result.output
     assert fresh_emulator.stats()["submissions"] == 0
+
+
+def test_execution_timeout_ends_the_wait_and_names_the_generation(airflow, fresh_emulator):
+    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 120))
+    try:
+        result = airflow.dags_test(
+            "test_klingfx_execution_timeout", {"photo": f"{fresh_emulator.url}/samples/person-1.png"}
+        )
+    finally:
+        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 0))
+    assert result.state == "failed"
+    (gen_id,) = fresh_emulator.stats()["generations"]
+    assert "AirflowTaskTimeout" in result.output
+    assert f"Stopped watching Kling generation {gen_id}; the API has no cancel call" in result.output
