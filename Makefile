@@ -32,8 +32,10 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
+# Each run gets its own temporary root: pytest prunes old roots of *other* sessions under the shared
+# default, which would delete the Airflow home of a suite still running beside this one.
 pytest: venv
-	$(BIN)/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider --basetemp="$$(mktemp -d -t klingfx-pytest-XXXXXX)" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

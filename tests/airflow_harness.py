@@ -94,6 +94,11 @@ class AirflowEnv:
         if conf is not None:
             args += ["-c", json.dumps(conf)]
         proc = self.run(*args, env=env)
+        check = self._integrity()
+        assert check == "ok", (
+            f"the metadata DB is damaged after 'airflow dags test {dag_id}': {check}\n"
+            + (proc.stdout + proc.stderr)[-6000:]
+        )
         with sqlite3.connect(self.db_path) as db:
             row = db.execute(
                 "SELECT run_id, state FROM dag_run WHERE dag_id = ? ORDER BY id DESC LIMIT 1", (dag_id,)
@@ -114,6 +119,13 @@ class AirflowEnv:
                 )
             }
         return DagRunResult(dag_id, proc.returncode, proc.stdout + proc.stderr, run_id, state, xcoms, states)
+
+    def _integrity(self) -> str:
+        db = sqlite3.connect(self.db_path)
+        try:
+            return str(db.execute("PRAGMA quick_check").fetchone()[0])
+        finally:
+            db.close()
 
     def places_containing(self, secret: str) -> list[str]:
         """Every file under AIRFLOW_HOME (DB included), DB table, and captured output holding ``secret``."""
