@@ -124,8 +124,24 @@ class AirflowEnv:
         db = sqlite3.connect(self.db_path)
         try:
             return str(db.execute("PRAGMA quick_check").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            return f"{exc}; processes still using this Airflow home: {self.processes_using_home()}"
         finally:
             db.close()
+
+    def processes_using_home(self) -> list[str]:
+        """Command lines of processes whose environment points at this AIRFLOW_HOME."""
+        found = []
+        needle = f"AIRFLOW_HOME={self.home}".encode()
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                if needle in (proc / "environ").read_bytes():
+                    found.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+            except OSError:
+                continue
+        return found
 
     def places_containing(self, secret: str) -> list[str]:
         """Every file under AIRFLOW_HOME (DB included), DB table, and captured output holding ``secret``."""

@@ -20,14 +20,18 @@ def dag_emulator() -> Iterator[RunningEmulator]:
         yield emu
 
 
-@pytest.fixture(scope="session")
-def airflow(tmp_path_factory: pytest.TempPathFactory, dag_emulator: RunningEmulator) -> AirflowEnv:
+@pytest.fixture(scope="module")
+def airflow(tmp_path_factory: pytest.TempPathFactory, dag_emulator: RunningEmulator) -> Iterator[AirflowEnv]:
+    # One Airflow home per test module: a module's checks (e.g. the key search) see only its own
+    # runs, and nothing one module leaves behind can touch another's metadata DB.
     env = AirflowEnv(
         tmp_path_factory.mktemp("airflow_home"),
         {"conn_type": "klingfx", "host": dag_emulator.url, "password": API_KEY},
     )
     env.migrate()
-    return env
+    yield env
+    # Whatever the module ran, the key must be nowhere in its DB, logs or command output.
+    assert env.places_containing(API_KEY) == []
 
 
 @pytest.fixture
