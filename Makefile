@@ -46,6 +46,7 @@ emulator: venv
 	$(BIN)/python -m airflow_provider_klingfx.emulator
 
 bench: venv
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -10,7 +10,9 @@
 * the server's ``connection_made`` is wrapped to stamp every TCP connection a client opens.
 
 ``GET /_bench/stats`` returns those stamps, each generation's ``submitted_at``/``ready_at`` and the
-process's CPU seconds. It prints ``KLINGFX EMULATOR LISTENING <url>`` once listening, like the CLI.
+process's CPU seconds. It prints ``KLINGFX EMULATOR LISTENING <url>`` once listening, like the CLI;
+with ``--tls-cert``/``--tls-key`` it also serves HTTPS on a second port (the real API is HTTPS only)
+and prints ``BENCH TLS LISTENING <url>`` after it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +32,7 @@ from typing import Any
 from aiohttp import web
 
 from airflow_provider_klingfx.emulator import STATE_KEY, EmulatorConfig, create_app
-from airflow_provider_klingfx.emulator.app import API_PATHS, format_url, start_site
+from airflow_provider_klingfx.emulator.app import ACCESS_LOG_FORMAT, API_PATHS
 
 
 class Recorder:
@@ -94,10 +97,15 @@ def build_app(config: EmulatorConfig) -> web.Application:
     return app
 
 
-async def serve(config: EmulatorConfig, host: str, port: int) -> None:
+async def serve(config: EmulatorConfig, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     """Serve until SIGINT/SIGTERM, counting the TCP connections clients open."""
     app = build_app(config)
-    runner, bound = await start_site(app, host, port)
+    runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    bound = runner.addresses[0][1]
+    if tls is not None:
+        await web.TCPSite(runner, host, 0, ssl_context=tls).start()
     server = runner.server
     assert server is not None
     rec = app[RECORDER]
@@ -113,7 +121,9 @@ async def serve(config: EmulatorConfig, host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"KLINGFX EMULATOR LISTENING {format_url(host, bound)}", flush=True)
+    print(f"KLINGFX EMULATOR LISTENING http://{host}:{bound}", flush=True)
+    if tls is not None:
+        print(f"BENCH TLS LISTENING https://{host}:{runner.addresses[1][1]}", flush=True)
     try:
         await stop.wait()
     finally:
@@ -130,7 +140,13 @@ def main() -> int:
     p.add_argument("--generating-seconds-max", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--render", choices=("eager", "lazy", "off"), default="off")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: serve HTTPS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     args = p.parse_args()
+    tls = None
+    if args.tls_cert:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(args.tls_cert, args.tls_key)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, force=True)
     config = EmulatorConfig(
         api_key=args.api_key,
@@ -142,7 +158,7 @@ def main() -> int:
         max_recorded_requests=1000,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config, args.host, args.port))
+        asyncio.run(serve(config, args.host, args.port, tls))
     return 0
 
 

@@ -8,9 +8,11 @@ import math
 import os
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -49,6 +51,47 @@ def connection_json(url: str, **extra: Any) -> str:
     return json.dumps(conn)
 
 
+def make_tls_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed ECDSA P-256 certificate for 127.0.0.1 (cert.pem, key.pem) in ``directory``.
+
+    Clients trust it through ``SSL_CERT_FILE`` (``ssl.create_default_context()``, which aiohttp uses,
+    reads it), so the package's code runs unchanged over HTTPS.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
 class EmulatorProcess:
     """``python -m benchmarks.bench_emulator`` in its own process (so its CPU is not the client's).
 
@@ -56,6 +99,8 @@ class EmulatorProcess:
     :param generating_seconds: time in ``generating`` (lower bound when ``generating_seconds_max``).
     :param generating_seconds_max: draw each generating time uniformly up to this.
     :param seed: seed of that draw.
+    :param tls: also serve HTTPS (``tls_url``) with a fresh self-signed certificate (``ca_file`` is
+        what clients trust).
     """
 
     def __init__(
@@ -65,6 +110,7 @@ class EmulatorProcess:
         generating_seconds: float = 120.0,
         generating_seconds_max: float | None = None,
         seed: int | None = None,
+        tls: bool = False,
     ) -> None:
         args = [
             PYTHON,
@@ -81,6 +127,13 @@ class EmulatorProcess:
             args += ["--generating-seconds-max", str(generating_seconds_max)]
         if seed is not None:
             args += ["--seed", str(seed)]
+        self.ca_file: Path | None = None
+        self.ssl_context: ssl.SSLContext | None = None
+        if tls:
+            cert, key = make_tls_cert(Path(tempfile.mkdtemp(prefix="bench-tls-")))
+            args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+            self.ca_file = cert
+            self.ssl_context = ssl.create_default_context(cafile=str(cert))
         self.proc = subprocess.Popen(
             args, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
@@ -90,6 +143,13 @@ class EmulatorProcess:
             self.proc.kill()
             raise RuntimeError(f"benchmark emulator did not start: {line!r}")
         self.url = line.rsplit(" ", 1)[1]
+        self.tls_url = ""
+        if tls:
+            line = self.proc.stdout.readline().strip()
+            if not line.startswith("BENCH TLS LISTENING "):
+                self.proc.kill()
+                raise RuntimeError(f"benchmark emulator did not serve TLS: {line!r}")
+            self.tls_url = line.rsplit(" ", 1)[1]
 
     @property
     def pid(self) -> int:
@@ -99,6 +159,22 @@ class EmulatorProcess:
         """``GET /_bench/stats``: arrival stamps of fetches, creates and connections, generations."""
         with urllib.request.urlopen(f"{self.url}/_bench/stats", timeout=60) as resp:
             return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def reset(self) -> None:
+        """``POST /_emulator/reset``: forget generations (the benchmark's stamps are kept)."""
+        req = urllib.request.Request(f"{self.url}/_emulator/reset", data=b"", method="POST")
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            resp.read()
+
+    def client_env(self, *, tls: bool = False) -> dict[str, str]:
+        """What a client process needs: the connection (to ``tls_url`` if ``tls``) and trust in the cert."""
+        if not tls:
+            return {"AIRFLOW_CONN_KLINGFX_DEFAULT": connection_json(self.url)}
+        assert self.ca_file is not None
+        return {
+            "AIRFLOW_CONN_KLINGFX_DEFAULT": connection_json(self.tls_url),
+            "SSL_CERT_FILE": str(self.ca_file),
+        }
 
     def photo(self, i: int = 0) -> str:
         """A photo URL the emulator accepts (never downloaded: rendering is off)."""
@@ -201,6 +277,8 @@ class Section:
     raw: dict[str, Any] = field(default_factory=dict)
     wall_seconds: float = 0.0
     error: str | None = None
+    #: (cores the whole machine was busy on average, cores of that used by this benchmark's processes)
+    machine_load: tuple[float, float] | None = None
 
 
 def fmt(value: float | None, digits: int = 3) -> str:

@@ -1,12 +1,14 @@
 """N trigger instances in one event loop, run the way Airflow's triggerer runs them; a JSON report.
 
-``python -m benchmarks.trigger_load --variant package --ids ids.json --interval 10 --ramp 10
---window 30 --out report.json`` with ``AIRFLOW_CONN_KLINGFX_DEFAULT`` pointing at an emulator in
-another process. Like ``TriggerRunner.run_trigger`` it gives each trigger a greenback portal and
+``python -m benchmarks.trigger_load --variant package --interval 10 --ramp 10 --window 30
+--out report.json`` with ``AIRFLOW_CONN_KLINGFX_DEFAULT`` pointing at an emulator in another
+process; once its imports are done it reads the generation ids to poll (one JSON list) from
+stdin. Like ``TriggerRunner.run_trigger`` it gives each trigger a greenback portal and
 iterates ``trigger.run()`` in its own asyncio task, on a plain ``asyncio.run`` loop (what the
 triggerer uses). The triggers start spread evenly over ``--ramp`` seconds (generations are not all
-submitted in the same millisecond), then one more poll interval passes so every trigger has polled
-and built whatever it keeps, and only then the measurement window opens: CPU seconds of this process,
+submitted in the same millisecond); each trigger makes its first poll (connection lookup, session)
+when it starts, so once the last one has, the steady state begins and the measurement window
+opens: CPU seconds of this process,
 the event loop's lag (a 100 ms ticker, like the triggerer's own watchdog), and the RSS (sampled every
 50 ms) against the RSS before the first trigger was created. At the end every trigger is cancelled,
 as a triggerer does when it stops or hands triggers to another triggerer, and what is left open is
@@ -55,6 +57,20 @@ def cpu_seconds() -> float:
     return time.process_time()  # user + system of the whole process, nanosecond clock
 
 
+class GcPauses:
+    """Durations of the garbage collector's passes (they stop the event loop), by generation."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, int, float]] = []  # (end monotonic, generation, seconds)
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.pauses.append((time.monotonic(), int(info["generation"]), time.perf_counter() - self._start))
+
+
 class RssSampler(threading.Thread):
     """Samples the RSS every ``period`` seconds; keeps the series and the peak."""
 
@@ -95,6 +111,8 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
             events.append(event.payload)
 
     n = len(ids)
+    gc_pauses = GcPauses()
+    gc.callbacks.append(gc_pauses)
     tasks: list[asyncio.Task[None]] = []
     ticker_task = asyncio.create_task(ticker())
     # The harness alone (ticker, RSS sampler, idle loop): subtracted from the CPU per poll.
@@ -113,11 +131,14 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
         )
         tasks.append(asyncio.create_task(run_trigger(trigger), name=f"trigger-{i}"))
     started_all = time.monotonic()
-    # One more interval: every trigger has polled at least once and holds what it keeps.
-    await asyncio.sleep(max(0.0, start + args.ramp + args.interval - time.monotonic()))
+    # Every trigger has made its first poll (connection lookup, session) when it started; half a
+    # second more for the last ones to finish it. From here on every trigger polls every interval.
+    await asyncio.sleep(0.5)
     w0_mono, w0_wall, cpu0 = time.monotonic(), time.time(), cpu_seconds()
     await asyncio.sleep(args.window)
     w1_mono, w1_wall, cpu1 = time.monotonic(), time.time(), cpu_seconds()
+    gc.callbacks.remove(gc_pauses)
+    full_gc = [d for t, g, d in gc_pauses.pauses if g == 2 and w0_mono <= t <= w1_mono]
     sockets_in_window = socket_fds()
     # Cancel every trigger, as a stopping triggerer does, and see what stays open.
     cancel_start = time.monotonic()
@@ -127,7 +148,7 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
     cancel_seconds = time.monotonic() - cancel_start
     stop_ticker.set()
     await ticker_task
-    await asyncio.sleep(0.5)  # let closed transports finish closing
+    await asyncio.sleep(0.2)  # let closed transports finish closing
     gc.collect()
     report.update(
         {
@@ -136,6 +157,9 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
             "window_seconds": w1_mono - w0_mono,
             "cpu_window": cpu1 - cpu0,
             "lags_window": [lag for t, lag in lags if w0_mono <= t <= w1_mono],
+            "gc_full_count": len(full_gc),
+            "gc_full_max": max(full_gc, default=0.0),
+            "gc_all_seconds": sum(d for t, _, d in gc_pauses.pauses if w0_mono <= t <= w1_mono),
             "lag_series": [(t - start, lag) for t, lag in lags],
             "events": len(events),
             "event_statuses": sorted({str(e.get("status")) for e in events}),
@@ -156,15 +180,13 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.trigger_load")
     p.add_argument("--variant", choices=sorted(VARIANTS), required=True)
-    p.add_argument("--ids", required=True, help="JSON file with the generation ids to poll")
     p.add_argument("--interval", type=float, default=10.0)
     p.add_argument("--ramp", type=float, default=10.0)
     p.add_argument("--window", type=float, default=30.0)
     p.add_argument("--idle", type=float, default=2.0, help="seconds of harness-only CPU measured first")
     p.add_argument("--out", required=True)
     args = p.parse_args()
-    with open(args.ids) as fh:
-        ids = json.load(fh)
+    ids = json.loads(sys.stdin.readline())
     gc.collect()
     rss_base = rss_bytes()
     sockets_base = socket_fds()
