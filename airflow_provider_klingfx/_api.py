@@ -40,6 +40,9 @@ MAX_RETRY_AFTER: Final = 120.0
 
 Method = Literal["GET", "POST"]
 
+#: How a generation is polled: ``fixed`` every poll interval, or ``adaptive`` (connection extra).
+POLL_SCHEDULES = ("fixed", "adaptive")
+
 
 class ApiKey:
     """An API key that never shows itself in ``repr``, ``str``, logs or tracebacks.
@@ -75,6 +78,9 @@ class ApiSettings:
     :param endpoint: ``universal`` or ``legacy``.
     :param connect_timeout: seconds to open a connection.
     :param read_timeout: seconds to wait for an answer.
+    :param poll_schedule: ``fixed`` (every poll interval) or ``adaptive`` (sparse early, dense near
+        ``expected_seconds``; see :func:`airflow_provider_klingfx._polling.adaptive_poll_delay`).
+    :param expected_seconds: how long a generation usually takes, for the adaptive schedule.
     """
 
     base_url: str
@@ -82,6 +88,8 @@ class ApiSettings:
     endpoint: str = "universal"
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
+    poll_schedule: str = "fixed"
+    expected_seconds: float = 120.0
 
     @property
     def path(self) -> str:
@@ -160,7 +168,8 @@ def settings_from_connection(
     :param schema: optional scheme when host has none.
     :param password: the API key.
     :param extra: extras: ``endpoint`` is ``universal`` (default) or ``legacy``; ``connect_timeout``
-        and ``read_timeout`` in seconds (defaults 10 and 30).
+        and ``read_timeout`` in seconds (defaults 10 and 30); ``poll_schedule`` is ``fixed``
+        (default) or ``adaptive``, with ``expected_seconds`` (default 120).
     :raises KlingFxConnectionConfigError: with what to fix.
     """
     if not password or not password.strip():
@@ -179,8 +188,13 @@ def settings_from_connection(
         base_url = normalise_base_url(host, schema)
     except KlingFxConnectionConfigError as exc:
         raise KlingFxConnectionConfigError(f"connection {conn_id!r}: {exc}") from None
-    timeouts = {}
-    for name, default in (("connect_timeout", 10.0), ("read_timeout", 30.0)):
+    schedule = str(extra.get("poll_schedule") or "fixed").strip().lower()
+    if schedule not in POLL_SCHEDULES:
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has poll_schedule={schedule!r} in extra; use 'fixed' or 'adaptive'"
+        )
+    seconds = {}
+    for name, default in (("connect_timeout", 10.0), ("read_timeout", 30.0), ("expected_seconds", 120.0)):
         raw = extra.get(name)
         try:
             value = default if raw in (None, "") else float(raw)
@@ -190,8 +204,14 @@ def settings_from_connection(
             raise KlingFxConnectionConfigError(
                 f"connection {conn_id!r} has {name}={raw!r} in extra; give a positive number of seconds"
             )
-        timeouts[name] = value
-    return ApiSettings(base_url=base_url, api_key=ApiKey(password.strip()), endpoint=endpoint, **timeouts)
+        seconds[name] = value
+    return ApiSettings(
+        base_url=base_url,
+        api_key=ApiKey(password.strip()),
+        endpoint=endpoint,
+        poll_schedule=schedule,
+        **seconds,
+    )
 
 
 def build_headers(settings: ApiSettings, *, client_request_id: str | None = None) -> dict[str, str]:

@@ -83,6 +83,23 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Seconds to open a connection to the API (default 10).",
                         "schema": {"type": ["number", "null"], "default": 10},
                     },
+                    "poll_schedule": {
+                        "label": "Poll schedule",
+                        "description": "'fixed' (every poll interval, the default) or 'adaptive' "
+                        "(no poll until 82% of the expected duration, then every 0.7 x the poll "
+                        "interval: about half the polls).",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "default": "fixed",
+                            "enum": ["fixed", "adaptive"],
+                        },
+                    },
+                    "expected_seconds": {
+                        "label": "Expected generation time (s)",
+                        "description": "How long a generation usually takes, for the adaptive "
+                        "schedule (default 120).",
+                        "schema": {"type": ["number", "null"], "default": 120},
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "port", "login", "extra"],

@@ -341,3 +341,25 @@ def test_user_agent_and_key_never_in_repr(emulator, connection, sleeps):
     hook = make_hook(sleeps)
     hook.submit(squish(emulator))
     assert API_KEY not in repr(hook) and API_KEY not in repr(hook.settings) and API_KEY not in str(vars(hook))
+
+
+def test_worker_wait_follows_the_connections_adaptive_schedule(emulator, connection):
+    connection("kfx", extra={"poll_schedule": "adaptive", "expected_seconds": 2})
+    now = [time.time()]
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        # The wait's clock moves by the whole sleep; real time by at most 50 ms of it.
+        waits.append(seconds)
+        now[0] += seconds
+        time.sleep(min(seconds, 0.05))
+
+    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep)
+    gen_id = hook.submit(squish(emulator))
+    generation = hook.wait_for_generation(
+        gen_id, poll_interval=0.1, timeout=60, submitted_at=now[0], clock=lambda: now[0]
+    )
+    assert generation.is_completed
+    first, *dense = waits
+    assert first == pytest.approx(1.64, abs=0.01)
+    assert all(w == pytest.approx(0.07) for w in dense)

@@ -206,6 +206,41 @@ async def test_cancelled_trigger_is_recreated_from_serialize_and_keeps_its_deadl
     assert emulator.stats()["submissions"] == 1
 
 
+async def test_adaptive_schedule_from_the_connection_waits_then_polls_densely(emulator, connection):
+    """With ``poll_schedule=adaptive`` the trigger skips ahead to 82 % of the expected time, then polls
+    every 0.7 x its interval (scaled down here: expected 2 s, interval 0.1 s)."""
+    connection("kfx", extra={"poll_schedule": "adaptive", "expected_seconds": 2})
+    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.5))
+    now = [time.time()]
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        # The trigger's clock moves by the whole wait; real time by at most 50 ms of it.
+        sleeps.append(seconds)
+        now[0] += seconds
+        await asyncio.sleep(min(seconds, 0.05))
+
+    try:
+        gen_id = submit(emulator, sleep, squish(emulator))
+        trigger = KlingFxGenerationTrigger(
+            generation_id=gen_id,
+            deadline=now[0] + 60,
+            klingfx_conn_id="kfx",
+            poll_interval=0.1,
+            submitted_at=now[0],
+            sleep=sleep,
+            clock=lambda: now[0],
+        )
+        (event,) = await events_of(trigger)
+    finally:
+        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
+    assert event["status"] == "success"
+    first, *dense = sleeps
+    assert first == pytest.approx(1.64)
+    assert dense and all(d == pytest.approx(0.07) for d in dense)
+    assert "poll_schedule" not in json.dumps(trigger.serialize()[1])
+
+
 async def test_trigger_never_blocks_the_event_loop(emulator, connection):
     """With asyncio debug on, any callback that holds the loop for >250 ms is reported (a sync HTTP or DB
     call would; the margin keeps a busy CI machine from failing it)."""

@@ -32,6 +32,7 @@ from airflow_provider_klingfx.domain import (
 if TYPE_CHECKING:
     import aiohttp
     import requests
+    import yarl
 
 
 def _mask(secret: str) -> None:
@@ -58,8 +59,9 @@ class KlingFxHook(BaseHook):
     """Talks to the AI/ML API for the Kling v1.6 effects models.
 
     Connection (type ``klingfx``): *Base URL* (host; default ``https://api.aimlapi.com``), *API key*
-    (password), and extra ``endpoint``: ``universal`` (``/v2/video/generations``, default) or
-    ``legacy`` (``/v2/generate/video/kling/generation``).
+    (password), and extras: ``endpoint``, ``universal`` (``/v2/video/generations``, default) or
+    ``legacy`` (``/v2/generate/video/kling/generation``); ``connect_timeout`` and ``read_timeout``;
+    ``poll_schedule``, ``fixed`` (default) or ``adaptive``, with ``expected_seconds``.
 
     :param klingfx_conn_id: the Airflow connection to use.
     :param connect_timeout: seconds to open a connection (default: the connection's extra
@@ -97,6 +99,9 @@ class KlingFxHook(BaseHook):
         self._settings: _api.ApiSettings | None = None
         self._session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
+        self._async_timeout: aiohttp.ClientTimeout | None = None
+        self._get_headers: dict[str, str] | None = None
+        self._fetch_target: tuple[str, yarl.URL] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
@@ -226,18 +231,18 @@ class KlingFxHook(BaseHook):
     ) -> tuple[Any, Mapping[str, str]]:
         settings = self.settings
         headers = _api.build_headers(settings, client_request_id=client_request_id)
-        retrying = self.retry_policy.retrying(
-            idempotent=method == "GET", what=f"{method} {settings.path}", sleep=self._sleep, logger=self.log
-        )
         try:
-            for attempt_ctx in retrying:
-                with attempt_ctx:
-                    return self._send(method, url_for(settings), settings.path, headers, body)  # type: ignore[no-any-return]
+            return self.retry_policy.call(
+                lambda: self._send(method, url_for(settings), settings.path, headers, body),
+                idempotent=method == "GET",
+                what=f"{method} {settings.path}",
+                sleep=self._sleep,
+                logger=self.log,
+            )
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
             raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def submit(self, request: EffectRequest, *, client_request_id: str | None = None) -> str:
         """Create a generation and return its id. Never sends the create twice unless it provably
@@ -271,7 +276,8 @@ class KlingFxHook(BaseHook):
     ) -> Generation:
         """Poll until the generation completes, on this thread (the non-deferrable path).
 
-        Transient API errors are waited out until the deadline.
+        Transient API errors are waited out until the deadline. The connection's ``poll_schedule``
+        extra decides when to poll (``poll_interval`` is its scale).
 
         :param generation_id: the vendor's generation id.
         :param poll_interval: seconds between polls.
@@ -283,7 +289,12 @@ class KlingFxHook(BaseHook):
         """
         start = clock() if submitted_at is None else submitted_at
         watch = GenerationWatch(
-            generation_id, deadline=start + timeout, poll_interval=poll_interval, submitted_at=start
+            generation_id,
+            deadline=start + timeout,
+            poll_interval=poll_interval,
+            submitted_at=start,
+            schedule=self.settings.poll_schedule,
+            expected_seconds=self.settings.expected_seconds,
         )
         while True:
             result: Generation | KlingFxError
@@ -350,30 +361,48 @@ class KlingFxHook(BaseHook):
     # -- async I/O --------------------------------------------------------------------------
 
     async def aget_conn(self) -> aiohttp.ClientSession:
-        """The aiohttp session of this hook, created on first use in the running event loop.
+        """The aiohttp session this hook sends with: the running event loop's shared session.
 
-        One session (one connection pool) serves every poll of a trigger, instead of one per request.
+        Every hook in one event loop (every trigger of a triggerer) shares one session and its
+        pool of keep-alive connections (see :mod:`airflow_provider_klingfx._session_pool`), so
+        polls reuse warm connections instead of each trigger holding one. Do not close it: call
+        :meth:`aclose` when done with the hook, which gives it back.
         """
         if self._async_session is None or self._async_session.closed:
-            import aiohttp
+            from airflow_provider_klingfx import _session_pool
 
-            self._async_session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-                ),
-                connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=300),
-            )
+            if self._async_session is not None:
+                await _session_pool.release(self._async_session)
+            self._async_session = _session_pool.acquire()
         return self._async_session
 
+    @property
+    def _request_timeout(self) -> aiohttp.ClientTimeout:
+        # Built once per hook: the session is shared, so each request carries its hook's timeouts.
+        if self._async_timeout is None:
+            import aiohttp
+
+            self._async_timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+            )
+        return self._async_timeout
+
     async def _asend(
-        self, method: _api.Method, url: str, path: str, headers: dict[str, str], body: Any
+        self, method: _api.Method, url: str | yarl.URL, path: str, headers: dict[str, str], body: Any
     ) -> Any:
         import aiohttp
 
-        session = await self.aget_conn()
+        session = self._async_session
+        if session is None or session.closed:
+            session = await self.aget_conn()
         try:
             async with session.request(
-                method, url, json=body, headers=headers, allow_redirects=False
+                method,
+                url,
+                json=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=self._request_timeout,
             ) as resp:
                 raw = await resp.read()
                 return _api.parse_answer(
@@ -395,33 +424,39 @@ class KlingFxHook(BaseHook):
     async def _acall(
         self,
         method: _api.Method,
-        url_for: Callable[[_api.ApiSettings], str],
+        url: str | yarl.URL,
+        settings: _api.ApiSettings,
         *,
         body: Any = None,
         client_request_id: str | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
-        settings = await self.aget_settings()
-        headers = _api.build_headers(settings, client_request_id=client_request_id)
-        retrying = self.retry_policy.async_retrying(
-            idempotent=method == "GET",
-            what=f"{method} {settings.path}",
-            sleep=self._async_sleep,
-            logger=self.log,
-        )
+        if client_request_id is None and method == "GET":
+            headers = self._get_headers or _api.build_headers(settings)
+            self._get_headers = headers
+        else:
+            headers = _api.build_headers(settings, client_request_id=client_request_id)
         try:
-            async for attempt_ctx in retrying:
-                with attempt_ctx:
-                    return await self._asend(method, url_for(settings), settings.path, headers, body)  # type: ignore[no-any-return]
+            return await self.retry_policy.acall(
+                lambda: self._asend(method, url, settings.path, headers, body),
+                idempotent=method == "GET",
+                what=f"{method} {settings.path}",
+                sleep=self._async_sleep,
+                logger=self.log,
+            )
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
             raise
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def asubmit(self, request: EffectRequest, *, client_request_id: str | None = None) -> str:
         """Async twin of :meth:`submit`."""
+        settings = await self.aget_settings()
         payload, _ = await self._acall(
-            "POST", lambda s: s.create_url, body=request.to_body(), client_request_id=client_request_id
+            "POST",
+            settings.create_url,
+            settings,
+            body=request.to_body(),
+            client_request_id=client_request_id,
         )
         return _api.parse_submission(payload)
 
@@ -430,11 +465,22 @@ class KlingFxHook(BaseHook):
 
         :param generation_id: the vendor's generation id.
         """
-        payload, headers = await self._acall("GET", lambda s: s.fetch_url(generation_id))
+        settings = self._settings if self._settings is not None else await self.aget_settings()
+        # A trigger fetches the same URL every poll: build it once, already percent-encoded, so
+        # neither we nor aiohttp quote and parse it again (a triggerer makes ~500 polls a second).
+        cached = self._fetch_target
+        if cached is None or cached[0] != generation_id:
+            import yarl
+
+            cached = (generation_id, yarl.URL(settings.fetch_url(generation_id), encoded=True))
+            self._fetch_target = cached
+        payload, headers = await self._acall("GET", cached[1], settings)
         return Generation.from_api(payload, headers)
 
     async def aclose(self) -> None:
-        """Close the aiohttp session."""
-        if self._async_session is not None and not self._async_session.closed:
-            await self._async_session.close()
-        self._async_session = None
+        """Give back the shared aiohttp session (the last hook of the event loop closes it)."""
+        session, self._async_session = self._async_session, None
+        if session is not None:
+            from airflow_provider_klingfx import _session_pool
+
+            await _session_pool.release(session)

@@ -120,14 +120,22 @@ class KlingFxGenerationTrigger(BaseTrigger):
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until a terminal status or the deadline, then yield exactly one event."""
         hook = self._make_hook()
-        watch = GenerationWatch(
-            self.generation_id,
-            deadline=self.deadline,
-            poll_interval=self.poll_interval,
-            submitted_at=self.submitted_at,
-        )
         try:
-            event = await self._poll(hook, watch)
+            try:
+                settings = await hook.aget_settings()
+            except KlingFxError as exc:
+                self.log.error("Generation %s: %s", self.generation_id, exc)
+                event = error_event(self.generation_id, exc)
+            else:
+                watch = GenerationWatch(
+                    self.generation_id,
+                    deadline=self.deadline,
+                    poll_interval=self.poll_interval,
+                    submitted_at=self.submitted_at,
+                    schedule=settings.poll_schedule,
+                    expected_seconds=settings.expected_seconds,
+                )
+                event = await self._poll(hook, watch)
         finally:
             await hook.aclose()
         yield TriggerEvent(event)

@@ -8,7 +8,7 @@ import pytest
 import tenacity
 
 from airflow_provider_klingfx import _api
-from airflow_provider_klingfx._polling import GenerationWatch
+from airflow_provider_klingfx._polling import GenerationWatch, adaptive_poll_delay
 from airflow_provider_klingfx._retry import RetryPolicy
 from airflow_provider_klingfx.domain import (
     Generation,
@@ -68,11 +68,42 @@ def test_connection_settings():
 
 @pytest.mark.parametrize(
     ("password", "extra", "message"),
-    [(None, {}, "has no API key"), ("  ", {}, "has no API key"), (KEY, {"endpoint": "v3"}, "endpoint='v3'")],
+    [
+        (None, {}, "has no API key"),
+        ("  ", {}, "has no API key"),
+        (KEY, {"endpoint": "v3"}, "endpoint='v3'"),
+        (KEY, {"poll_schedule": "smart"}, "poll_schedule='smart' in extra; use 'fixed' or 'adaptive'"),
+        (KEY, {"expected_seconds": "0"}, "expected_seconds='0' in extra; give a positive number"),
+    ],
 )
 def test_bad_connection_settings(password, extra, message):
     with pytest.raises(KlingFxConnectionConfigError, match=message):
         _api.settings_from_connection("c", None, None, password, extra)
+
+
+def test_poll_schedule_comes_from_the_connection_and_defaults_to_fixed():
+    default = _api.settings_from_connection("c", None, None, KEY, {})
+    assert (default.poll_schedule, default.expected_seconds) == ("fixed", 120.0)
+    adaptive = _api.settings_from_connection(
+        "c", None, None, KEY, {"poll_schedule": " Adaptive ", "expected_seconds": "240"}
+    )
+    assert (adaptive.poll_schedule, adaptive.expected_seconds) == ("adaptive", 240.0)
+
+
+def test_adaptive_schedule_is_sparse_early_dense_near_the_expected_time_then_backs_off():
+    def delay(elapsed: float) -> float:
+        return adaptive_poll_delay(elapsed, expected_seconds=120, interval=10)
+
+    assert delay(2.0) == pytest.approx(96.4)  # first look at 2 s, next at 82 % of 120 s
+    assert delay(98.4) == delay(150.0) == delay(179.9) == pytest.approx(7.0)
+    assert delay(190.0) == pytest.approx(9.5)
+    assert delay(1000.0) == 30.0
+    # Stateless: a trigger re-created mid-wait (triggerer restart) continues the same schedule.
+    watch = GenerationWatch("g", deadline=1e9, poll_interval=10, submitted_at=0.0, schedule="adaptive")
+    pending = Generation.from_api({"id": "g", "status": "generating"})
+    assert [watch.observe(pending, t).sleep for t in (2.0, 98.4, 105.4)] == pytest.approx([96.4, 7.0, 7.0])
+    fixed = GenerationWatch("g", deadline=1e9, poll_interval=10, submitted_at=0.0)
+    assert fixed.observe(pending, 2.0).sleep == 10.0
 
 
 def test_headers_carry_key_agent_and_trace_id():
@@ -237,6 +268,85 @@ async def test_async_retrying_matches_sync():
     assert isinstance(retrying, tenacity.AsyncRetrying)
     assert await retrying(call) == "ok"
     assert len(sleeps) == 1
+
+
+class Script:
+    """A call that raises the scripted errors in turn, then answers "ok"; counts its attempts."""
+
+    def __init__(self, *errors: Exception | None) -> None:
+        self.errors = list(errors)
+        self.attempts = 0
+
+    def __call__(self) -> str:
+        self.attempts += 1
+        exc = self.errors.pop(0) if self.errors else None
+        if exc:
+            raise exc
+        return "ok"
+
+    async def acall(self) -> str:
+        return self()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_policy_call_succeeding_at_once_makes_one_attempt(mode):
+    sleeps: list[float] = []
+
+    async def asleep(s: float) -> None:
+        sleeps.append(s)
+
+    script = Script()
+    policy = RetryPolicy()
+    if mode == "sync":
+        assert policy.call(script, idempotent=True, what="GET", sleep=sleeps.append) == "ok"
+    else:
+        assert await policy.acall(script.acall, idempotent=True, what="GET", sleep=asleep) == "ok"
+    assert (script.attempts, sleeps) == (1, [])
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_policy_call_counts_the_first_failure_as_attempt_one(mode, caplog):
+    """The failure seen before any retrier existed is attempt 1: Retry-After applies, the cap holds."""
+    sleeps: list[float] = []
+
+    async def asleep(s: float) -> None:
+        sleeps.append(s)
+
+    script = Script(KlingFxAPIError(429, "slow down", retry_after=7.0), *[_api_error(503)] * 5)
+    policy = RetryPolicy(max_attempts=3, initial_wait=0.01, max_wait=2.0)  # Retry-After capped at 8 s
+
+    async def call() -> str:
+        if mode == "sync":
+            return policy.call(script, idempotent=True, what="GET /x", sleep=sleeps.append)
+        return await policy.acall(script.acall, idempotent=True, what="GET /x", sleep=asleep)
+
+    with pytest.raises(KlingFxAPIError, match="503"):
+        await call()
+    assert script.attempts == 3
+    assert len(sleeps) == 2
+    assert sleeps[0] == 7.0
+    assert "GET /x failed (attempt 1 of 3)" in caplog.text
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_policy_call_recovers_and_never_resends_an_ambiguous_create(mode):
+    sleeps: list[float] = []
+
+    async def asleep(s: float) -> None:
+        sleeps.append(s)
+
+    policy = RetryPolicy(initial_wait=0.01, max_wait=0.05)
+    refused = Script(KlingFxTransportError("refused", reached_server=False))
+    reset = Script(KlingFxTransportError("reset", reached_server=True))
+    if mode == "sync":
+        assert policy.call(refused, idempotent=False, what="POST", sleep=sleeps.append) == "ok"
+        with pytest.raises(KlingFxTransportError):
+            policy.call(reset, idempotent=False, what="POST", sleep=sleeps.append)
+    else:
+        assert await policy.acall(refused.acall, idempotent=False, what="POST", sleep=asleep) == "ok"
+        with pytest.raises(KlingFxTransportError):
+            await policy.acall(reset.acall, idempotent=False, what="POST", sleep=asleep)
+    assert (refused.attempts, reset.attempts, len(sleeps)) == (2, 1, 1)
 
 
 def test_watch_logs_status_changes_not_every_poll_and_times_out():
