@@ -43,9 +43,17 @@ class Deployment:
     :param home: the AIRFLOW_HOME (created).
     :param connections: conn_id -> ``AIRFLOW_CONN_*`` JSON.
     :param parallelism: ``[core] parallelism`` (worker slots of the LocalExecutor).
+    :param extra_env: more environment (Airflow configuration) for every process.
     """
 
-    def __init__(self, home: Path, connections: dict[str, str], *, parallelism: int = 8) -> None:
+    def __init__(
+        self,
+        home: Path,
+        connections: dict[str, str],
+        *,
+        parallelism: int = 8,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.home = home
         dags = home / "dags"
         dags.mkdir(parents=True, exist_ok=True)
@@ -69,6 +77,7 @@ class Deployment:
             AIRFLOW__LOGGING__BASE_LOG_FOLDER=str(home / "logs"),
             AIRFLOW__API__PORT=str(self.api_port),
             **{f"AIRFLOW_CONN_{cid.upper()}": value for cid, value in connections.items()},
+            **(extra_env or {}),
         )
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = home / "process-logs"

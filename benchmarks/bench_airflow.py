@@ -164,3 +164,66 @@ def run_deployment(
     raw["timings"] = timings
     raw["wall_seconds"] = time.monotonic() - t0
     return raw
+
+
+#: The supervisor's wait between two looks at its task process; Airflow's default is 5 s.
+PROBE_HEARTBEAT = 1
+PROBE_GENERATION_SECONDS = 15.0
+
+
+def run_heartbeat_probe(*, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """A second, small deployment with ``[workers] min_heartbeat_interval`` = 1 s.
+
+    It runs the deferrable DAG (a 15 s generation: a deferred task's worker time does not depend on
+    how long the generation takes) and the no-op DAG together, after two warm-up runs, to show how much
+    of the worker-slot time is the supervisor's wait rather than the task.
+    """
+    home = Path(tempfile.mkdtemp(prefix="bench-airflow-hb-")) / "airflow"
+    dags = ("bench_wt_deferrable", "bench_wt_noop")
+    t0 = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        emu = stack.enter_context(
+            EmulatorProcess(queued_seconds=0, generating_seconds=PROBE_GENERATION_SECONDS)
+        )
+        dep = Deployment(
+            home,
+            {"klingfx_worker": connection_json(emu.url)},
+            parallelism=4,
+            extra_env={"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(PROBE_HEARTBEAT)},
+        )
+        stack.enter_context(dep)
+        dep.start_all()
+        dep.wait_parsed(*dags)
+        for i in range(2):
+            dep.trigger("bench_wt_noop", {"photo": ""}, f"warmup-{i}")
+        for i in range(2):
+            dep.wait_run("bench_wt_noop", f"warmup-{i}", 120)
+        for i, d in enumerate(dags):
+            dep.trigger(d, {"photo": emu.photo(i)}, "wt")
+        states = {d: dep.wait_run(d, "wt", PROBE_GENERATION_SECONDS + 180) for d in dags}
+
+        def logged() -> bool:
+            w = dep.workloads()
+            expected = {"bench_wt_deferrable": 2, "bench_wt_noop": 1}
+            return all(
+                len(w.get(ti["id"], [])) >= expected[d] for d in dags for ti in dep.task_instances(d, "wt")
+            )
+
+        dep.wait_for("the supervisors' 'Workload finished' lines", logged, 60)
+        workloads = dep.workloads()
+        wt = {
+            d: [
+                {**ti, "workloads": workloads.get(ti["id"], []), "log": dep.task_log(d, "wt", ti["task_id"])}
+                for ti in dep.task_instances(d, "wt")
+            ]
+            for d in dags
+        }
+    wall = time.monotonic() - t0
+    log(f"airflow: heartbeat probe {states} after {wall:.0f} s")
+    return {
+        "wt": wt,
+        "states": states,
+        "heartbeat": PROBE_HEARTBEAT,
+        "generation_seconds": PROBE_GENERATION_SECONDS,
+        "wall_seconds": wall,
+    }

@@ -100,7 +100,7 @@ def main() -> int:
     p.add_argument("--e2e-n", type=int, default=200, help="generations of the large end-to-end run")
     p.add_argument("--scale-sizes", default="100,1000,5000", help="N values of the triggerer benchmark")
     p.add_argument("--scale-window", type=float, default=15.0, help="measurement window (s) per scale run")
-    p.add_argument("--scale-top-window", type=float, default=10.0, help="the same at the largest N")
+    p.add_argument("--scale-top-window", type=float, default=15.0, help="the same at the largest N")
     p.add_argument("--parse-budget", type=float, default=45.0, help="seconds of parse-cost sampling")
     p.add_argument("--only", default="", help="comma-separated subset: polls,airflow,scale (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
@@ -144,7 +144,12 @@ def main() -> int:
         holder: dict[str, object] = {}
 
         def airflow() -> Section:
-            holder["raw"] = bench_airflow.run_deployment(idle_work, n_many=args.e2e_n, log=log)
+            raw = bench_airflow.run_deployment(idle_work, n_many=args.e2e_n, log=log)
+            holder["raw"] = raw
+            try:
+                raw["heartbeat_probe"] = bench_airflow.run_heartbeat_probe(log=log)
+            except Exception as exc:  # the main figures stand without it
+                log(f"airflow: heartbeat probe failed: {exc!r}")
             return Section("airflow", "Airflow deployment")
 
         dep = guarded("airflow", "Airflow deployment (worker time, end-to-end latency)", airflow)

@@ -134,9 +134,9 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
     # Every trigger has made its first poll (connection lookup, session) when it started; half a
     # second more for the last ones to finish it. From here on every trigger polls every interval.
     await asyncio.sleep(0.5)
-    w0_mono, w0_wall, cpu0 = time.monotonic(), time.time(), cpu_seconds()
+    w0_mono, w0_wall, cpu0, times0 = time.monotonic(), time.time(), cpu_seconds(), os.times()
     await asyncio.sleep(args.window)
-    w1_mono, w1_wall, cpu1 = time.monotonic(), time.time(), cpu_seconds()
+    w1_mono, w1_wall, cpu1, times1 = time.monotonic(), time.time(), cpu_seconds(), os.times()
     gc.callbacks.remove(gc_pauses)
     full_gc = [d for t, g, d in gc_pauses.pauses if g == 2 and w0_mono <= t <= w1_mono]
     sockets_in_window = socket_fds()
@@ -156,6 +156,9 @@ async def run_load(args: argparse.Namespace, ids: list[str], report: dict[str, A
             "window": [w0_wall, w1_wall],
             "window_seconds": w1_mono - w0_mono,
             "cpu_window": cpu1 - cpu0,
+            # The kernel's share (system time: sockets, epoll, waking the server on loopback).
+            "cpu_user_window": times1.user - times0.user,
+            "cpu_system_window": times1.system - times0.system,
             "lags_window": [lag for t, lag in lags if w0_mono <= t <= w1_mono],
             "gc_full_count": len(full_gc),
             "gc_full_max": max(full_gc, default=0.0),
