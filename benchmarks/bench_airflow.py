@@ -35,6 +35,60 @@ E2E_RANGE = f"{E2E_MIN:.0f}-{E2E_MAX:.0f}"
 PARALLELISM = 8
 
 
+#: The two DAGs whose worker time is partly chance (the supervisor's wait), the deferrable operator and
+#: the no-op task, run this many times more ("wt-1", ...), one at a time.
+REPEATS = 3
+REPEATED = ("bench_wt_deferrable", "bench_wt_noop")
+EXPECTED_RUNS = {"bench_wt_deferrable": 2, "bench_wt_blocking": 1, "bench_wt_vendor": 1, "bench_wt_noop": 1}
+
+
+def _sample_one_at_a_time(dep: Deployment, run_ids: list[str], photo: Callable[[int], str]) -> None:
+    """Run the deferrable and the no-op DAG once per run id, each alone on the machine's cores.
+
+    Several at once would measure the CPU contention of 2 cores, not the task: the next starts once
+    the deferrable task has deferred and the no-op one has finished.
+    """
+    for i, run_id in enumerate(run_ids):
+        dep.trigger("bench_wt_deferrable", {"photo": photo(i)}, run_id)
+
+        def deferred(run_id: str = run_id) -> bool:
+            states = [ti["state"] for ti in dep.task_instances("bench_wt_deferrable", run_id)]
+            return bool(states) and all(s in ("deferred", "success", "failed") for s in states)
+
+        dep.wait_for(f"bench_wt_deferrable {run_id} to defer", deferred, 120)
+        dep.trigger("bench_wt_noop", {"photo": ""}, run_id)
+        dep.wait_run("bench_wt_noop", run_id, 120)
+
+
+def _all_logged(dep: Deployment, runs: dict[str, list[str]]) -> Callable[[], bool]:
+    """A predicate: every task run of these DAG runs has its supervisor's 'Workload finished' line."""
+
+    def logged() -> bool:
+        w = dep.workloads()
+        return all(
+            len(w.get(ti["id"], [])) >= EXPECTED_RUNS[d]
+            for d, run_ids in runs.items()
+            for run_id in run_ids
+            for ti in dep.task_instances(d, run_id)
+        )
+
+    return logged
+
+
+def _collect(dep: Deployment, runs: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """The task instance of each DAG run, with its workloads (slot seconds) and task log."""
+    workloads = dep.workloads()
+    return {
+        d: [
+            {**ti, "run_id": run_id, "workloads": workloads.get(ti["id"], []),
+             "log": dep.task_log(d, run_id, ti["task_id"])}
+            for run_id in run_ids
+            for ti in dep.task_instances(d, run_id)
+        ]
+        for d, run_ids in runs.items()
+    }  # fmt: skip
+
+
 def run_deployment(
     idle_work: Callable[[float, Callable[[], str]], None] | None = None,
     *,
@@ -96,6 +150,10 @@ def run_deployment(
 
         dep.wait_for("the worker-time tasks to start", started, 120)
         timings["worker_time_started"] = time.monotonic() - t0
+        # More samples of the two DAGs whose slot time is partly chance, once the first wave is in.
+        repeat_ids = [f"wt-{i}" for i in range(1, REPEATS + 1)]
+        _sample_one_at_a_time(dep, repeat_ids, lambda i: w_emu.photo(10 + i))
+        timings["worker_time_repeats_started"] = time.monotonic() - t0
 
         # -- idle window: end to end with 1 generation, and the benchmarks that need no Airflow --
         # The 2-minute generations complete GENERATION_SECONDS after submission; stop 15 s before.
@@ -118,22 +176,11 @@ def run_deployment(
         raw["idle_work_overran"] = time.time() > deadline + 10
 
         raw["wt_states"] = {d: dep.wait_run(d, "wt", GENERATION_SECONDS + 240) for d in WT_DAGS}
-        expected_runs = {
-            "bench_wt_deferrable": 2,
-            "bench_wt_blocking": 1,
-            "bench_wt_vendor": 1,
-            "bench_wt_noop": 1,
-        }
-
-        def logged() -> bool:
-            w = dep.workloads()
-            return all(
-                len(w.get(ti["id"], [])) >= expected_runs[d]
-                for d in WT_DAGS
-                for ti in dep.task_instances(d, "wt")
-            )
-
-        dep.wait_for("the supervisors' 'Workload finished' lines", logged, 60)
+        for d in REPEATED:
+            for run_id in repeat_ids:
+                dep.wait_run(d, run_id, GENERATION_SECONDS + 240)
+        wt_runs = {d: ["wt", *(repeat_ids if d in REPEATED else [])] for d in WT_DAGS}
+        dep.wait_for("the supervisors' 'Workload finished' lines", _all_logged(dep, wt_runs), 60)
         timings["worker_time_done"] = time.monotonic() - t0
         log(f"airflow: worker-time DAGs {raw['wt_states']} after {timings['worker_time_done']:.0f} s")
 
@@ -145,14 +192,7 @@ def run_deployment(
         log(f"airflow: e2e N={n_many} {raw['e2e_many_state']} after {timings['e2e_many_done']:.0f} s")
 
         # -- collect ----------------------------------------------------------------------------
-        workloads = dep.workloads()
-        raw["wt"] = {}
-        for d in WT_DAGS:
-            tis = dep.task_instances(d, "wt")
-            raw["wt"][d] = [
-                {**ti, "workloads": workloads.get(ti["id"], []), "log": dep.task_log(d, "wt", ti["task_id"])}
-                for ti in tis
-            ]
+        raw["wt"] = _collect(dep, wt_runs)
         raw["e2e"] = {}
         for run_id in ("e2e-1", "e2e-many"):
             raw["e2e"][run_id] = {
@@ -175,11 +215,11 @@ def run_heartbeat_probe(*, log: Callable[[str], None] = print) -> dict[str, Any]
     """A second, small deployment with ``[workers] min_heartbeat_interval`` = 1 s.
 
     It runs the deferrable DAG (a 15 s generation: a deferred task's worker time does not depend on
-    how long the generation takes) and the no-op DAG together, after two warm-up runs, to show how much
-    of the worker-slot time is the supervisor's wait rather than the task.
+    how long the generation takes) and the no-op DAG ``REPEATS + 1`` times each, one at a time, after
+    two warm-up runs, to show how much of the worker-slot time is the supervisor's wait rather than the
+    task.
     """
     home = Path(tempfile.mkdtemp(prefix="bench-airflow-hb-")) / "airflow"
-    dags = ("bench_wt_deferrable", "bench_wt_noop")
     t0 = time.monotonic()
     with contextlib.ExitStack() as stack:
         emu = stack.enter_context(
@@ -188,38 +228,28 @@ def run_heartbeat_probe(*, log: Callable[[str], None] = print) -> dict[str, Any]
         dep = Deployment(
             home,
             {"klingfx_worker": connection_json(emu.url)},
-            parallelism=4,
+            parallelism=PARALLELISM,
             extra_env={"AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(PROBE_HEARTBEAT)},
         )
         stack.enter_context(dep)
         dep.start_all()
-        dep.wait_parsed(*dags)
+        dep.wait_parsed(*REPEATED)
         for i in range(2):
             dep.trigger("bench_wt_noop", {"photo": ""}, f"warmup-{i}")
         for i in range(2):
             dep.wait_run("bench_wt_noop", f"warmup-{i}", 120)
-        for i, d in enumerate(dags):
-            dep.trigger(d, {"photo": emu.photo(i)}, "wt")
-        states = {d: dep.wait_run(d, "wt", PROBE_GENERATION_SECONDS + 180) for d in dags}
-
-        def logged() -> bool:
-            w = dep.workloads()
-            expected = {"bench_wt_deferrable": 2, "bench_wt_noop": 1}
-            return all(
-                len(w.get(ti["id"], [])) >= expected[d] for d in dags for ti in dep.task_instances(d, "wt")
-            )
-
-        dep.wait_for("the supervisors' 'Workload finished' lines", logged, 60)
-        workloads = dep.workloads()
-        wt = {
-            d: [
-                {**ti, "workloads": workloads.get(ti["id"], []), "log": dep.task_log(d, "wt", ti["task_id"])}
-                for ti in dep.task_instances(d, "wt")
-            ]
-            for d in dags
+        run_ids = ["wt", *(f"wt-{i}" for i in range(1, REPEATS + 1))]
+        _sample_one_at_a_time(dep, run_ids, emu.photo)
+        states = {
+            f"{d}/{run_id}": dep.wait_run(d, run_id, PROBE_GENERATION_SECONDS + 180)
+            for d in REPEATED
+            for run_id in run_ids
         }
+        runs = {d: run_ids for d in REPEATED}
+        dep.wait_for("the supervisors' 'Workload finished' lines", _all_logged(dep, runs), 60)
+        wt = _collect(dep, runs)
     wall = time.monotonic() - t0
-    log(f"airflow: heartbeat probe {states} after {wall:.0f} s")
+    log(f"airflow: heartbeat probe {sorted(set(states.values()))} after {wall:.0f} s")
     return {
         "wt": wt,
         "states": states,

@@ -46,7 +46,7 @@ class _OwnSessionHook(KlingFxHook):
 class SessionPerRequestHook(_OwnSessionHook):
     """``HttpAsyncHook``'s session handling: a new session per request, closed after it."""
 
-    async def _asend(self, method: Any, url: str, path: str, headers: dict[str, str], body: Any) -> Any:
+    async def _asend(self, method: Any, url: Any, path: str, headers: dict[str, str], body: Any) -> Any:
         try:
             return await super()._asend(method, url, path, headers, body)
         finally:
