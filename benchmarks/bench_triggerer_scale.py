@@ -253,6 +253,7 @@ def run(
                 f"{r['emulator_cpu'] / max(1, r['polls_total']) * 1000:.2f} |"
             )
     section.body += [
+        *reading(results[top], top),
         f"Poll interval {INTERVAL:.0f} s; triggers started evenly over {RAMP:.0f} s (each polls once at "
         f"start), then a {window:.0f} s measurement window ({top_window:.0f} s at N={top:,}: "
         f"{top * top_window / INTERVAL:,.0f} polls). Real `KlingFxGenerationTrigger.run()` instances "
@@ -286,6 +287,32 @@ def run(
         for n, by in results.items()
     }
     return section
+
+
+def reading(by: dict[str, dict[str, Any]], top: int) -> list[str]:
+    """How to read the goals at the largest N: the package against the floor, in this run's numbers."""
+    lines = []
+    for suffix, how in (("", "plain HTTP"), ("+tls", "HTTPS")):
+        pkg, floor, base = (by.get(f"{v}{suffix}") for v in ("package", "floor", "baseline"))
+        if pkg is None or floor is None or base is None:
+            continue
+        lines.append(
+            f"- Over {how} at N={top:,}: the package {pkg['core_fraction']:.3f} cores, "
+            f"{pkg['cpu_per_poll'] * 1000:.3f} ms per poll, {pkg['rss_extra'] / MB:.0f} MB; the floor (a "
+            f"bare GET-and-sleep loop on the same session) {floor['core_fraction']:.3f} cores, "
+            f"{floor['cpu_per_poll'] * 1000:.3f} ms, {floor['rss_extra'] / MB:.0f} MB, which is "
+            f"{floor['cpu_per_poll'] / base['cpu_per_poll']:.2f}x the baseline's CPU per poll."
+        )
+    if lines:
+        lines = [
+            "Reading the goals: no trigger that polls with aiohttp in the triggerer's event loop (with its "
+            "greenback portal) can cost less than the floor, so where the floor misses a goal, what "
+            "is left is aiohttp, asyncio and greenback on this machine, not the provider's code:",
+            "",
+            *lines,
+            "",
+        ]
+    return lines
 
 
 def _goal_figures(by: dict[str, dict[str, Any]], suffix: str, how: str, top: int) -> list[Figure]:

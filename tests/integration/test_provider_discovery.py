@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from airflow_provider_klingfx import _api
 from airflow_provider_klingfx.get_provider_info import get_provider_info
 from airflow_provider_klingfx.hooks.klingfx import _DECLARATIVE_CONNECTION_FORMS
 
@@ -22,6 +23,8 @@ def test_package_name_matches_the_distribution():
     assert behaviour["placeholders"]["host"] == "https://api.aimlapi.com"
     assert set(behaviour["hidden-fields"]) == {"schema", "port", "login", "extra"}
     assert conn["conn-fields"]["endpoint"]["schema"]["enum"] == ["universal", "legacy"]
+    # The form offers exactly the schedules the connection parser accepts.
+    assert conn["conn-fields"]["poll_schedule"]["schema"]["enum"] == list(_api.POLL_SCHEDULES)
 
 
 @pytest.mark.parametrize(
