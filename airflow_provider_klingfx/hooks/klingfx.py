@@ -100,7 +100,6 @@ class KlingFxHook(BaseHook):
         self._session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
         self._async_timeout: aiohttp.ClientTimeout | None = None
-        self._get_headers: dict[str, str] | None = None
         self._fetch_target: tuple[str, yarl.URL] | None = None
 
     def __repr__(self) -> str:
@@ -392,9 +391,7 @@ class KlingFxHook(BaseHook):
     ) -> Any:
         import aiohttp
 
-        session = self._async_session
-        if session is None or session.closed:
-            session = await self.aget_conn()
+        session = await self.aget_conn()
         try:
             async with session.request(
                 method,
@@ -430,11 +427,7 @@ class KlingFxHook(BaseHook):
         body: Any = None,
         client_request_id: str | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
-        if client_request_id is None and method == "GET":
-            headers = self._get_headers or _api.build_headers(settings)
-            self._get_headers = headers
-        else:
-            headers = _api.build_headers(settings, client_request_id=client_request_id)
+        headers = _api.build_headers(settings, client_request_id=client_request_id)
         try:
             return await self.retry_policy.acall(
                 lambda: self._asend(method, url, settings.path, headers, body),
@@ -465,7 +458,7 @@ class KlingFxHook(BaseHook):
 
         :param generation_id: the vendor's generation id.
         """
-        settings = self._settings if self._settings is not None else await self.aget_settings()
+        settings = await self.aget_settings()
         # A trigger fetches the same URL every poll: build it once, already percent-encoded, so
         # neither we nor aiohttp quote and parse it again (a triggerer makes ~500 polls a second).
         cached = self._fetch_target
