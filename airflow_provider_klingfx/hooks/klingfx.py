@@ -223,16 +223,16 @@ class KlingFxHook(BaseHook):
     def _call(
         self,
         method: _api.Method,
-        url_for: Callable[[_api.ApiSettings], str],
+        url: str,
+        settings: _api.ApiSettings,
         *,
         body: Any = None,
         client_request_id: str | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
-        settings = self.settings
         headers = _api.build_headers(settings, client_request_id=client_request_id)
         try:
             return self.retry_policy.call(
-                lambda: self._send(method, url_for(settings), settings.path, headers, body),
+                lambda: self._send(method, url, settings.path, headers, body),
                 idempotent=method == "GET",
                 what=f"{method} {settings.path}",
                 sleep=self._sleep,
@@ -251,8 +251,13 @@ class KlingFxHook(BaseHook):
         :param client_request_id: sent as ``X-Client-Request-Id`` to trace the submission.
         :raises KlingFxAmbiguousSubmissionError: when it may have been created despite the error.
         """
+        settings = self.settings
         payload, _ = self._call(
-            "POST", lambda s: s.create_url, body=request.to_body(), client_request_id=client_request_id
+            "POST",
+            settings.create_url,
+            settings,
+            body=request.to_body(),
+            client_request_id=client_request_id,
         )
         return _api.parse_submission(payload)
 
@@ -261,7 +266,8 @@ class KlingFxHook(BaseHook):
 
         :param generation_id: the vendor's generation id.
         """
-        payload, headers = self._call("GET", lambda s: s.fetch_url(generation_id))
+        settings = self.settings
+        payload, headers = self._call("GET", settings.fetch_url(generation_id), settings)
         return Generation.from_api(payload, headers)
 
     def wait_for_generation(
