@@ -8,12 +8,16 @@ AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
+# `make test` leaves out the tests that start a whole Airflow deployment (several minutes each);
+# CI runs them too, with `make test-deployment`.
+PYTEST_MARKERS ?= not deployment
 
-.PHONY: help venv demo test lint typecheck pytest bench emulator clean
+.PHONY: help venv demo test test-deployment lint typecheck pytest bench emulator clean
 
 help:
 	@echo "make demo   - run an example DAG end to end against the built-in emulator (or the real API with AIMLAPI_KEY set)"
 	@echo "make test   - ruff, mypy and the test suite (AIRFLOW_VERSION=$(AIRFLOW_VERSION))"
+	@echo "make test-deployment - the tests that run a whole Airflow deployment (scheduler, triggerer, ...)"
 	@echo "make bench  - benchmarks, written to benchmarks/RESULTS.md"
 
 $(STAMP): pyproject.toml
@@ -35,9 +39,13 @@ typecheck: venv
 # Each run gets its own temporary root: pytest prunes old roots of *other* sessions under the shared
 # default, which would delete the Airflow home of a suite still running beside this one.
 pytest: venv
-	$(BIN)/python -m pytest -p no:cacheprovider --basetemp="$$(mktemp -d -t klingfx-pytest-XXXXXX)" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider --basetemp="$$(mktemp -d -t klingfx-pytest-XXXXXX)" \
+		-m "$(PYTEST_MARKERS)" $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+test-deployment:
+	$(MAKE) pytest PYTEST_MARKERS=deployment PYTEST_ARGS="-n 2 --dist loadgroup --durations=5"
 
 demo: venv
 	$(BIN)/python scripts/demo.py

@@ -25,6 +25,10 @@ from airflow_provider_klingfx.domain import (
     KlingFxError,
     KlingFxMalformedResponseError,
     KlingFxTransportError,
+    Submission,
+    describe_details,
+    parse_usage,
+    redact_urls,
 )
 
 DEFAULT_BASE_URL: Final = "https://api.aimlapi.com"
@@ -118,21 +122,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def normalise_base_url(host: str | None, schema: str | None = None) -> str:
-    """Turn a connection's host (and optional schema) into a safe base URL.
+def normalise_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
+    """Turn a connection's host (and optional schema and port) into a safe base URL.
 
     ``http://`` is refused unless the host is loopback: the key would travel in clear.
 
     :param host: the connection's host; empty means the public API.
     :param schema: the connection's schema field, used as scheme when host has none.
+    :param port: the connection's port field, used when the host names no port.
     :raises KlingFxConnectionConfigError: for an unusable or unsafe URL.
     """
     text = (host or "").strip().rstrip("/")
     if not text:
-        return DEFAULT_BASE_URL
+        text = DEFAULT_BASE_URL
     if "://" not in text:
         text = f"{(schema or 'https').strip()}://{text}"
     parts = urlsplit(text)
+    try:
+        url_port = parts.port
+    except ValueError:
+        raise KlingFxConnectionConfigError(f"connection host has an invalid port: {text[:100]!r}") from None
+    if port is not None:
+        if not 0 < port < 65536:
+            raise KlingFxConnectionConfigError(f"connection port must be 1-65535, got {port}")
+        if url_port is not None and url_port != port:
+            raise KlingFxConnectionConfigError(
+                f"connection host names port {url_port} but the port field says {port}; keep one"
+            )
+        if url_port is None and parts.hostname:
+            host_part = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            parts = parts._replace(netloc=f"{host_part}:{port}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise KlingFxConnectionConfigError(
             f"connection host must be a base URL like {DEFAULT_BASE_URL}, got {text[:100]!r}"
@@ -160,6 +179,7 @@ def settings_from_connection(
     schema: str | None,
     password: str | None,
     extra: Mapping[str, Any] | None,
+    port: int | None = None,
 ) -> ApiSettings:
     """Validate the fields of a ``klingfx`` connection.
 
@@ -170,22 +190,26 @@ def settings_from_connection(
     :param extra: extras: ``endpoint`` is ``universal`` (default) or ``legacy``; ``connect_timeout``
         and ``read_timeout`` in seconds (defaults 10 and 30); ``poll_schedule`` is ``fixed``
         (default) or ``adaptive``, with ``expected_seconds`` (default 120).
+    :param port: the connection's port field, when the host names none.
     :raises KlingFxConnectionConfigError: with what to fix.
     """
     if not password or not password.strip():
         raise KlingFxConnectionConfigError(
             f"connection {conn_id!r} has no API key: put your AI/ML API key in its password field"
         )
-    extra = extra or {}
-    # The UI form stores fields under their plain name; older forms used the prefixed one.
-    endpoint = extra.get("endpoint") or extra.get("extra__klingfx__endpoint") or "universal"
-    endpoint = str(endpoint).strip().lower()
+    raw_extra = extra or {}
+    # The UI forms store fields under their plain name; Airflow 2's form used a prefixed one.
+    extra = {
+        name: raw_extra.get(name, raw_extra.get(f"extra__klingfx__{name}"))
+        for name in ("endpoint", "poll_schedule", "connect_timeout", "read_timeout", "expected_seconds")
+    }
+    endpoint = str(extra.get("endpoint") or "universal").strip().lower()
     if endpoint not in ENDPOINT_PATHS:
         raise KlingFxConnectionConfigError(
             f"connection {conn_id!r} has endpoint={endpoint!r} in extra; use 'universal' or 'legacy'"
         )
     try:
-        base_url = normalise_base_url(host, schema)
+        base_url = normalise_base_url(host, schema, port)
     except KlingFxConnectionConfigError as exc:
         raise KlingFxConnectionConfigError(f"connection {conn_id!r}: {exc}") from None
     schedule = str(extra.get("poll_schedule") or "fixed").strip().lower()
@@ -259,33 +283,40 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def _vendor_message(body: bytes) -> tuple[str, str | None]:
-    """The vendor's words and request id from an error body, whatever its shape."""
+    """The vendor's words and request id from an error body, whatever its shape.
+
+    Shapes: the documented ``{message, path, requestId, statusCode, timestamp}`` (with ``errors``);
+    the one seen live, ``{title, status, message, instance, requestId, timestamp, error: {name,
+    message}}``; and for "Body validation error!" the details that follow in the body
+    (``detail: [{loc, msg, type, input}]``), which are the part a user can act on. URLs are shown
+    without their query.
+    """
     try:
         data = json.loads(body)
     except ValueError:
         text = body.decode("utf-8", "replace").strip()
-        return (" ".join(text.split())[:300] or "(empty body)"), None
+        return redact_urls(" ".join(text.split())[:300] or "(empty body)"), None
     if not isinstance(data, Mapping):
-        return json.dumps(data)[:300], None
+        return redact_urls(json.dumps(data)[:300]), None
     request_id = data.get("requestId") or data.get("request_id")
-    message = data.get("message") or data.get("error") or data.get("detail")
-    if isinstance(message, Mapping):
-        message = message.get("message") or json.dumps(message)
-    if isinstance(message, list):
-        message = "; ".join(str(m.get("msg", m)) if isinstance(m, Mapping) else str(m) for m in message)
-    text = str(message) if message else json.dumps(data)[:300]
-    errors = data.get("errors")
-    if isinstance(errors, list) and errors:
-        details = []
-        for item in errors[:5]:
-            if isinstance(item, Mapping):
-                where = item.get("path") or item.get("field") or item.get("loc")
-                what = item.get("message") or item.get("msg")
-                details.append(f"{where}: {what}" if where else str(what))
-            else:
-                details.append(str(item))
+    error = data.get("error")
+    parts: list[str] = []
+    for candidate in (data.get("message"), error.get("message") if isinstance(error, Mapping) else error):
+        if isinstance(candidate, str) and candidate.strip() and not any(candidate in p for p in parts):
+            parts.append(candidate.strip())
+    if not parts and isinstance(data.get("title"), str):
+        parts.append(data["title"])  # the reason phrase, when there is nothing better
+    details: list[str] = []
+    for key in ("detail", "errors"):
+        items = data.get(key)
+        if isinstance(items, list):
+            details += describe_details(items[:5])[0]
+        elif isinstance(items, str) and items.strip():
+            details.append(items.strip())
+    text = "; ".join(parts) or json.dumps(data)[:300]
+    if details:
         text = f"{text} ({'; '.join(details)})"
-    return text, str(request_id) if request_id else None
+    return redact_urls(text[:1000]), str(request_id) if request_id else None
 
 
 def error_from_response(
@@ -323,22 +354,72 @@ def parse_answer(status: int, body: bytes, headers: Mapping[str, str], *, method
     try:
         return json.loads(body)
     except ValueError:
-        snippet = " ".join(body.decode("utf-8", "replace").split())[:120]
+        snippet = redact_urls(" ".join(body.decode("utf-8", "replace").split())[:120])
         raise KlingFxMalformedResponseError(
             f"{method} {path} answered {status} with a body that is not JSON: {snippet!r}"
         ) from None
 
 
-def parse_submission(payload: Any) -> str:
-    """The generation id from a create answer.
+def parse_submission(payload: Any, headers: Mapping[str, str]) -> Submission:
+    """The new generation from a 2xx create answer.
 
-    :raises KlingFxMalformedResponseError: when the answer has no id.
+    The id is ``id`` (or ``generation_id``) in the body; failing that, the ``x-inference-id``
+    header, which the vendor documents as the same id for an asynchronous generation.
+
+    :param payload: the decoded body.
+    :param headers: the answer's headers.
+    :raises KlingFxAmbiguousSubmissionError: when no id can be read. The API accepted the request
+        (it answered 2xx), so a generation may exist and be billed: sending it again could pay twice.
     """
-    if isinstance(payload, Mapping):
-        gen_id = payload.get("id") or payload.get("generation_id")
-        if isinstance(gen_id, str) and gen_id:
-            return gen_id
-    raise KlingFxMalformedResponseError(f"create answer has no generation id: {str(payload)[:200]!r}")
+    body = payload if isinstance(payload, Mapping) else {}
+    gen_id = body.get("id") or body.get("generation_id") or _header(headers, "x-inference-id")
+    if not isinstance(gen_id, str) or not gen_id.strip():
+        shown = redact_urls(json.dumps(payload, default=str)[:200])
+        raise KlingFxAmbiguousSubmissionError(
+            f"the API accepted the create request but its answer has no generation id ({shown}); "
+            "not resubmitting, because the request may have started (and will bill) a generation. "
+            "Check the AI/ML API dashboard for a generation created now, then clear the task to submit again."
+        )
+    status = body.get("status")
+    return Submission(
+        id=gen_id.strip(),
+        status=status.strip().lower() if isinstance(status, str) else None,
+        usage=parse_usage(payload, headers),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Transport failures: one table for the requests and aiohttp paths
+# ---------------------------------------------------------------------------------------------
+
+TransportKind = Literal["refused", "dns", "connect_timeout", "tls", "proxy", "read_timeout", "lost"]
+
+#: How each kind of transport failure reads, and whether the request may have reached the API
+#: (which decides whether a create may be sent again). Each HTTP library's exceptions are mapped to
+#: a kind by the hook; the wording and the decision live only here, so the worker and the triggerer
+#: cannot disagree. A TLS handshake or a proxy that fails happens before the request is sent.
+TRANSPORT_KINDS: Final[dict[str, tuple[str, bool]]] = {
+    "refused": ("could not connect (connection refused)", False),
+    "dns": ("could not connect (the host name does not resolve)", False),
+    "connect_timeout": ("could not connect (connect timeout)", False),
+    "tls": ("could not connect (TLS handshake failed)", False),
+    "proxy": ("could not connect through the proxy", False),
+    "read_timeout": ("no answer in time", True),
+    "lost": ("connection lost", True),
+}
+
+
+def transport_error(kind: TransportKind, method: str, path: str, detail: str = "") -> KlingFxTransportError:
+    """The typed error for a request that got no HTTP answer.
+
+    :param kind: a key of :data:`TRANSPORT_KINDS`.
+    :param method: the request method.
+    :param path: the request path (no query).
+    :param detail: the library's exception name or reason, appended for diagnosis.
+    """
+    words, reached = TRANSPORT_KINDS[kind]
+    suffix = f" [{redact_urls(detail)[:200]}]" if detail else ""
+    return KlingFxTransportError(f"{method} {path}: {words}{suffix}", reached_server=reached)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,11 +2,14 @@
 
 Capped exponential back-off with full jitter; a ``Retry-After`` from the API wins over the
 computed wait. What may be retried is decided by :func:`airflow_provider_klingfx._api.is_retryable`.
+An optional absolute deadline stops the retries before a wait would cross it, so one call never
+runs past the deadline of the wait it belongs to.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,7 +45,15 @@ class RetryPolicy:
         jittered = tenacity.wait_random_exponential(multiplier=self.initial_wait, max=self.max_wait)
         return float(jittered(retry_state))
 
-    def _kwargs(self, *, idempotent: bool, what: str, logger: Any) -> dict[str, Any]:
+    def _kwargs(
+        self,
+        *,
+        idempotent: bool,
+        what: str,
+        logger: Any,
+        deadline: float | None,
+        clock: Callable[[], float],
+    ) -> dict[str, Any]:
         logger = logger or log
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
@@ -57,9 +68,14 @@ class RetryPolicy:
                 wait,
             )
 
+        stop: Any = tenacity.stop_after_attempt(self.max_attempts)
+        if deadline is not None:
+            # tenacity computes the next wait before asking stop, so a wait that would end past the
+            # deadline is never slept: the caller's deadline logic takes over at once.
+            stop = stop | (lambda state: clock() + state.upcoming_sleep >= deadline)
         return {
             "retry": tenacity.retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
-            "stop": tenacity.stop_after_attempt(self.max_attempts),
+            "stop": stop,
             "wait": self.wait_seconds,
             "before_sleep": before_sleep,
             "reraise": True,
@@ -72,6 +88,8 @@ class RetryPolicy:
         what: str,
         sleep: Callable[[float], None],
         logger: Any = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> tenacity.Retrying:
         """A sync retrier.
 
@@ -79,8 +97,13 @@ class RetryPolicy:
         :param what: the call, for the log line.
         :param sleep: the sleep to use (tests pass a recorder).
         :param logger: where retries are logged.
+        :param deadline: epoch seconds; no retry wait may end past it.
+        :param clock: the epoch clock the deadline is read against.
         """
-        return tenacity.Retrying(sleep=sleep, **self._kwargs(idempotent=idempotent, what=what, logger=logger))
+        return tenacity.Retrying(
+            sleep=sleep,
+            **self._kwargs(idempotent=idempotent, what=what, logger=logger, deadline=deadline, clock=clock),
+        )
 
     def async_retrying(
         self,
@@ -89,73 +112,11 @@ class RetryPolicy:
         what: str,
         sleep: Callable[[float], Awaitable[Any]],
         logger: Any = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> tenacity.AsyncRetrying:
         """The async twin of :meth:`retrying`, with the same predicate, stop and wait."""
         return tenacity.AsyncRetrying(
-            sleep=sleep, **self._kwargs(idempotent=idempotent, what=what, logger=logger)
+            sleep=sleep,
+            **self._kwargs(idempotent=idempotent, what=what, logger=logger, deadline=deadline, clock=clock),
         )
-
-    def call(
-        self,
-        fn: Callable[[], T],
-        *,
-        idempotent: bool,
-        what: str,
-        sleep: Callable[[float], None],
-        logger: Any = None,
-    ) -> T:
-        """Call ``fn`` under this policy: the first attempt bare, the rest through :meth:`retrying`.
-
-        :param fn: the call (no arguments).
-        :param idempotent: True for fetches (retry every transient error), False for creates.
-        :param what: the call, for the log line.
-        :param sleep: the sleep to use (tests pass a recorder).
-        :param logger: where retries are logged.
-        """
-        try:
-            return fn()
-        except Exception as exc:
-            if self.max_attempts <= 1 or not is_retryable(exc, idempotent=idempotent):
-                raise
-            first_failure = exc
-        retrying = self.retrying(idempotent=idempotent, what=what, sleep=sleep, logger=logger)
-        for attempt_ctx in retrying:
-            with attempt_ctx:
-                _replaying(first_failure, attempt_ctx)
-                return fn()
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
-    async def acall(
-        self,
-        fn: Callable[[], Awaitable[T]],
-        *,
-        idempotent: bool,
-        what: str,
-        sleep: Callable[[float], Awaitable[Any]],
-        logger: Any = None,
-    ) -> T:
-        """The async twin of :meth:`call`.
-
-        Most calls succeed at once, and building a tenacity retrier costs about 30 µs, a sizeable
-        share of one poll when a triggerer polls thousands of generations; so the retrier is built
-        only once a first attempt has failed, and that failure is replayed to it as its attempt 1.
-        Waits, stop and log lines are then exactly those of :meth:`async_retrying`.
-        """
-        try:
-            return await fn()
-        except Exception as exc:
-            if self.max_attempts <= 1 or not is_retryable(exc, idempotent=idempotent):
-                raise
-            first_failure = exc
-        retrying = self.async_retrying(idempotent=idempotent, what=what, sleep=sleep, logger=logger)
-        async for attempt_ctx in retrying:
-            with attempt_ctx:
-                _replaying(first_failure, attempt_ctx)
-                return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
-
-def _replaying(first_failure: Exception, attempt_ctx: tenacity.AttemptManager) -> None:
-    """Raise the already-seen failure as tenacity's attempt 1, so it counts and sets the back-off."""
-    if attempt_ctx.retry_state.attempt_number == 1:
-        raise first_failure

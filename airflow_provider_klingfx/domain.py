@@ -14,10 +14,62 @@ import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 from airflow_provider_klingfx._compat import AirflowException, AirflowFailException
+
+# ---------------------------------------------------------------------------------------------
+# Privacy: what of a photo's URL may be shown
+# ---------------------------------------------------------------------------------------------
+
+# Everything up to whitespace or a quote: stopping earlier (at a comma, say) could leave part of a
+# signature behind.
+_URL_IN_TEXT = re.compile(r"\b(?:https?|s3|gs|gcs|file|data):[^\s'\"<>]+", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Show a URL as ``scheme://host/path``: never its query, fragment or user info.
+
+    A presigned URL carries its signature in the query (a credential), and face photos are
+    personal data, so this is the only form in which an image URL reaches a log, an exception, a
+    trigger event or XCom. A ``data:`` URI is shown as its media type and length.
+
+    :param url: the URL to show.
+    """
+    text = url.strip()
+    if text[:5].lower() == "data:":
+        return f"{text.split(',', 1)[0][:60]},… ({len(text)} chars)"
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "(unreadable URL)"
+    if not parts.scheme:
+        return text.split("?", 1)[0].split("#", 1)[0][:200]
+    if port is not None:
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path}"[:300]
+
+
+# Query parameters that carry a signature or a token (S3, GCS, Azure SAS, CloudFront, OAuth), for
+# what is left after a URL was cut short in free text (at a space, say).
+_SIGNED_PARAM = re.compile(
+    r"(?i)([?&](?:x-amz-[\w-]*|x-goog-[\w-]*|signature|sig|se|sp|sv|st|skoid|sktid|key-pair-id|policy|"
+    r"googleaccessid|expires|token|access_token|auth|key)=)[^&\s'\"<>]*"
+)
+
+
+def redact_urls(text: str) -> str:
+    """Replace every URL inside free text (a vendor message, say) by :func:`redact_url` of it, and
+    blank the value of any signature-like query parameter left over.
+
+    :param text: the text to clean.
+    """
+    return _SIGNED_PARAM.sub(r"\1…", _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text))
+
 
 # ---------------------------------------------------------------------------------------------
 # Models, scenes, durations
@@ -113,6 +165,7 @@ class KlingFxAPIError(KlingFxError):
         retry_after: float | None = None,
     ) -> None:
         self.status_code = status_code  # type: ignore[assignment]  # AirflowException types it HTTPStatus
+        vendor_message = redact_urls(vendor_message)
         self.vendor_message = vendor_message
         self.request_id = request_id
         self.method = method
@@ -149,6 +202,14 @@ class KlingFxTransportError(KlingFxError):
     def __init__(self, message: str, *, reached_server: bool) -> None:
         self.reached_server = reached_server
         super().__init__(message)
+
+
+class KlingFxConnectionLookupError(KlingFxError):
+    """Reading the Airflow connection failed for a reason other than "not found".
+
+    A secrets backend or Airflow's API that hiccups is not a configuration error: the read is
+    retried (in the triggerer) or the task is retried (before anything was paid for).
+    """
 
 
 class KlingFxMalformedResponseError(KlingFxError):
@@ -197,6 +258,28 @@ class KlingFxTimeoutError(KlingFxError):
         super().__init__(
             f"Kling generation {generation_id} did not finish within {waited_seconds:.0f}s{seen}; "
             "it may still complete at the vendor: raise `timeout` or watch it with KlingFxGenerationSensor"
+        )
+
+
+class KlingFxRetryWouldResubmitError(KlingFxError, AirflowFailException):
+    """A failure after a paid submission, on an Airflow without ``task_state_store`` (3.1, 3.2).
+
+    There a task retry cannot find the generation its previous try paid for, so it would submit and
+    pay for a new one. The task fails without retries instead, naming the generation so its video
+    can still be fetched.
+
+    :param generation_id: the paid generation.
+    :param cause: the failure that would otherwise have been retried.
+    """
+
+    def __init__(self, generation_id: str, cause: BaseException) -> None:
+        self.generation_id = generation_id
+        self.cause = cause
+        super().__init__(
+            f"{type(cause).__name__}: {cause}. Not retrying: this Airflow has no task_state_store "
+            f"(3.3+), so a retry would submit and pay for a new generation. Generation {generation_id} "
+            f"is paid for; fetch its video with KlingFxGenerationSensor(generation_id={generation_id!r}), "
+            "or clear the task to pay for a new one"
         )
 
 
@@ -302,7 +385,7 @@ def validate_image_url(url: object, position: int = 1) -> str:
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.netloc or any(ch.isspace() for ch in text):
         raise KlingFxInvalidInputError(
-            f"image {position} must be a public http(s) URL the API can download, got {text[:200]!r}"
+            f"image {position} must be a public http(s) URL the API can download, got {redact_url(text)!r}"
         )
     return text
 
@@ -364,6 +447,16 @@ class EffectRequest:
             "duration": self.duration,
         }
 
+    def fingerprint(self) -> str:
+        """A digest of the create body (model, scene, images in order, duration).
+
+        Stored beside a submitted generation's id, it tells a later try of the same task whether
+        that generation was made from the same request (reattach) or from other inputs (submit
+        anew). A digest rather than the body: the store must not keep the photos' URLs.
+        """
+        canonical = json.dumps(self.to_body(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
 
 _CLIENT_ID_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]+")
 
@@ -388,11 +481,47 @@ def client_request_id(*parts: object, max_length: int = 128) -> str:
 # Generations
 # ---------------------------------------------------------------------------------------------
 
-#: Statuses the vendor's schema lists, plus the legacy ones its own example loop waits on.
-PENDING_STATUSES: Final = frozenset({"queued", "generating", "waiting", "active"})
-COMPLETED: Final = "completed"
-ERROR: Final = "error"
-TERMINAL_STATUSES: Final = frozenset({COMPLETED, ERROR})
+PENDING: Final = "pending"
+DONE: Final = "done"
+FAILED: Final = "failed"
+
+#: What each status word of the fetch answer means: the one table the trigger, the worker-side
+#: wait, the sensor and a retry's reattach all read. The effects schema lists queued, generating,
+#: completed and error; the vendor's example loops also wait on waiting and active; the same fetch
+#: URL answers succeeded (and failed) for other models, and its SDK ends every wait that is not
+#: queued or generating. A word not listed here is logged once and polled on; an answer carrying a
+#: video URL counts as done whatever its word (see :func:`status_phase`).
+STATUS_PHASES: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "queued": PENDING,
+        "generating": PENDING,
+        "waiting": PENDING,
+        "active": PENDING,
+        "processing": PENDING,
+        "completed": DONE,
+        "succeeded": DONE,
+        "success": DONE,
+        "error": FAILED,
+        "failed": FAILED,
+        "cancelled": FAILED,
+        "canceled": FAILED,
+    }
+)
+
+
+def status_phase(status: str, *, has_video: bool = False) -> str:
+    """The phase (:data:`PENDING`, :data:`DONE` or :data:`FAILED`) a status word puts a generation in.
+
+    A failure word wins; otherwise an answer that carries a video URL is done (a finished, paid
+    video must never be polled past); an unknown word is pending.
+
+    :param status: the status word, lower-cased.
+    :param has_video: whether the answer carries ``video.url``.
+    """
+    phase = STATUS_PHASES.get(status, PENDING)
+    if has_video and phase != FAILED:
+        return DONE
+    return phase
 
 
 @dataclass(frozen=True)
@@ -435,8 +564,12 @@ class Video:
 class Usage:
     """What a generation cost, as far as the API reports it.
 
-    :param credits_used: ``meta.usage.credits_used`` or the ``x-aimlapi-credits-used`` header.
-    :param usd_spent: the ``x-aimlapi-usd-spent`` header.
+    The API reports it on the create answer (``meta.usage``, and the ``x-aimlapi-*`` headers of
+    every JSON answer) and may repeat it on the status answer; :meth:`merged` combines them.
+
+    :param credits_used: ``meta.usage.credits_used`` (``tokens_used`` in older answers) or the
+        ``x-aimlapi-credits-used`` header.
+    :param usd_spent: ``meta.usage.usd_spent`` or the ``x-aimlapi-usd-spent`` header.
     """
 
     credits_used: float | None = None
@@ -445,6 +578,37 @@ class Usage:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict, as pushed to XCom ``usage``."""
         return {"credits_used": self.credits_used, "usd_spent": self.usd_spent}
+
+    @classmethod
+    def from_dict(cls, data: object) -> Usage | None:
+        """Inverse of :meth:`to_dict`; None for anything that is not such a dict."""
+        if not isinstance(data, Mapping):
+            return None
+        return cls(credits_used=_number(data.get("credits_used")), usd_spent=_number(data.get("usd_spent")))
+
+    def merged(self, later: Usage | None) -> Usage:
+        """This usage with every figure ``later`` reports taking precedence (the same charge, not a sum).
+
+        :param later: usage from a later answer (the status answer after the create answer).
+        """
+        if later is None:
+            return self
+        return Usage(
+            credits_used=later.credits_used if later.credits_used is not None else self.credits_used,
+            usd_spent=later.usd_spent if later.usd_spent is not None else self.usd_spent,
+        )
+
+
+def merge_usage(*reports: Usage | None) -> Usage | None:
+    """Combine usage reports in the order they arrived; None when none reported anything.
+
+    :param reports: e.g. the create answer's usage, then the status answer's.
+    """
+    merged: Usage | None = None
+    for report in reports:
+        if report is not None:
+            merged = report if merged is None else merged.merged(report)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -472,47 +636,65 @@ def _number(value: object) -> float | None:
     return None
 
 
-def parse_generation_error(error: object) -> GenerationError:
-    """Turn either error shape the API uses into a readable :class:`GenerationError`.
+def describe_details(items: Sequence[object]) -> tuple[list[str], list[str]]:
+    """Readable lines and error types from a list of validation details, whatever their shape.
+
+    Items are ``{"loc", "msg", "type", "input"}`` (the validation shape the API uses for failed
+    generations and for "Body validation error!") or ``{"path"|"field", "message"}``. An ``input``
+    that is a photo URL is shown as scheme://host/path only (see :func:`redact_url`).
+
+    :param items: the ``detail`` or ``errors`` list of an answer.
+    """
+    reasons: list[str] = []
+    types: list[str] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            reasons.append(redact_urls(str(item)))
+            continue
+        msg = str(item.get("msg") or item.get("message") or "unspecified error")
+        loc = item.get("loc") or item.get("path") or item.get("field")
+        where = []
+        if isinstance(loc, list) and loc:
+            where.append(str(loc[-1]))
+        elif isinstance(loc, str) and loc:
+            where.append(loc)
+        inp = item.get("input")
+        if isinstance(inp, str) and inp:
+            where.append(redact_url(inp) if _URL_IN_TEXT.match(inp) else inp[:200])
+        reasons.append(redact_urls(f"{msg} ({': '.join(where)})" if where else msg))
+        if item.get("type"):
+            types.append(str(item["type"]))
+    return reasons, types
+
+
+def parse_generation_error(error: object, status: str = "error") -> GenerationError:
+    """Turn any error shape the API uses into a readable :class:`GenerationError`.
 
     Shapes: ``{"name", "message"}`` (the schema) and
     ``{"detail": [{"loc", "msg", "type", "input"}]}`` (seen in practice); anything else is shown
-    as compact JSON rather than lost.
+    as compact JSON rather than lost. URLs are shown without their query (:func:`redact_urls`).
 
     :param error: the ``error`` member of a fetch answer.
+    :param status: the status word, named when the API gave no reason (``cancelled``, say).
     """
     if isinstance(error, str) and error.strip():
-        return GenerationError(reason=error.strip())
+        return GenerationError(reason=redact_urls(error.strip()))
     if isinstance(error, Mapping):
         detail = error.get("detail")
         if isinstance(detail, list) and detail:
-            reasons: list[str] = []
-            types: list[str] = []
-            for item in detail:
-                if not isinstance(item, Mapping):
-                    reasons.append(str(item))
-                    continue
-                msg = str(item.get("msg") or item.get("message") or "unspecified error")
-                loc = item.get("loc")
-                field_name = loc[-1] if isinstance(loc, list) and loc else None
-                inp = item.get("input")
-                where = []
-                if field_name is not None:
-                    where.append(str(field_name))
-                if isinstance(inp, str) and inp:
-                    where.append(inp[:200])
-                reasons.append(f"{msg} ({': '.join(where)})" if where else msg)
-                if item.get("type"):
-                    types.append(str(item["type"]))
+            reasons, types = describe_details(detail)
             return GenerationError(reason="; ".join(reasons), error_type=", ".join(types) or None)
         if isinstance(detail, str) and detail:
-            return GenerationError(reason=detail)
+            return GenerationError(reason=redact_urls(detail))
         message = error.get("message")
         name = error.get("name")
         if message or name:
-            return GenerationError(reason=str(message or name), error_type=str(name) if name else None)
-    text = json.dumps(error, default=str)[:500] if error is not None else "no reason given"
-    return GenerationError(reason=f"unrecognised error: {text}")
+            return GenerationError(
+                reason=redact_urls(str(message or name)), error_type=str(name) if name else None
+            )
+    if error is None or error == {}:
+        return GenerationError(reason=f"the API reported status {status!r} without a reason")
+    return GenerationError(reason=f"unrecognised error: {redact_urls(json.dumps(error, default=str)[:500])}")
 
 
 @dataclass(frozen=True)
@@ -520,14 +702,16 @@ class Generation:
     """One generation as the fetch endpoint reports it.
 
     :param id: the vendor's generation id (contains ``:`` and ``/``).
-    :param status: the raw status; anything not terminal counts as still running.
-    :param video: the video, once completed.
+    :param status: the status word, lower-cased (see :data:`STATUS_PHASES`).
+    :param phase: :data:`PENDING`, :data:`DONE` or :data:`FAILED` (see :func:`status_phase`).
+    :param video: the video, once done.
     :param error: why it failed, once failed.
     :param usage: what it cost, when reported.
     """
 
     id: str
     status: str
+    phase: str = PENDING
     video: Video | None = None
     error: GenerationError | None = None
     usage: Usage | None = None
@@ -535,35 +719,36 @@ class Generation:
 
     @property
     def is_pending(self) -> bool:
-        """Still queued or generating, including legacy (``waiting``/``active``) and unknown statuses."""
-        return self.status not in TERMINAL_STATUSES
+        """Still running: queued, generating, a legacy word, or a word this provider does not know."""
+        return self.phase == PENDING
 
     @property
     def is_completed(self) -> bool:
         """Finished with a video."""
-        return self.status == COMPLETED
+        return self.phase == DONE
 
     @property
     def is_failed(self) -> bool:
-        """Finished with an error."""
-        return self.status == ERROR
+        """Finished without a video (error, failed, cancelled)."""
+        return self.phase == FAILED
 
     @property
     def is_known_status(self) -> bool:
-        """Whether the status is one this provider knows (others are logged and treated as pending)."""
-        return self.status in PENDING_STATUSES or self.status in TERMINAL_STATUSES
+        """Whether the status word is in :data:`STATUS_PHASES` (others are logged once and polled on)."""
+        return self.status in STATUS_PHASES
 
     @classmethod
     def from_api(cls, payload: object, headers: Mapping[str, str] | None = None) -> Generation:
-        """Parse a fetch (or create) answer.
+        """Parse a fetch answer.
 
         :param payload: the decoded JSON body.
         :param headers: response headers, for the usage headers.
-        :raises KlingFxMalformedResponseError: if the body is not a generation.
+        :raises KlingFxMalformedResponseError: if the body is not a generation, or says it is done
+            without a video URL.
         """
         if not isinstance(payload, Mapping):
             raise KlingFxMalformedResponseError(
-                f"expected a JSON object, got {type(payload).__name__}: {str(payload)[:200]!r}"
+                f"expected a JSON object, got {type(payload).__name__}: {redact_urls(str(payload)[:200])!r}"
             )
         gen_id = payload.get("id") or payload.get("generation_id")
         status = payload.get("status")
@@ -572,18 +757,15 @@ class Generation:
                 f"expected 'id' and 'status' in the answer, got keys {sorted(map(str, payload))[:10]}"
             )
         norm = status.strip().lower()
-        video: Video | None = None
-        raw_video = payload.get("video")
-        if isinstance(raw_video, Mapping) and isinstance(raw_video.get("url"), str) and raw_video["url"]:
-            video = Video.from_dict(raw_video)
-        error: GenerationError | None = None
-        if norm == COMPLETED and video is None:
-            raise KlingFxMalformedResponseError(f"generation {gen_id} is completed but has no video.url")
-        if norm == ERROR:
-            error = parse_generation_error(payload.get("error"))
+        video = _parse_video(payload.get("video"))
+        phase = status_phase(norm, has_video=video is not None)
+        if phase == DONE and video is None:
+            raise KlingFxMalformedResponseError(f"generation {gen_id} is {norm} but has no video.url")
+        error = parse_generation_error(payload.get("error"), norm) if phase == FAILED else None
         return cls(
             id=gen_id,
             status=norm,
+            phase=phase,
             video=video,
             error=error,
             usage=parse_usage(payload, headers),
@@ -597,24 +779,52 @@ class Generation:
             raise KlingFxGenerationFailedError(self.id, err.reason, err.error_type)
 
 
-def parse_usage(payload: Mapping[str, Any], headers: Mapping[str, str] | None = None) -> Usage | None:
-    """Read usage from ``meta.usage.credits_used`` and the ``x-aimlapi-*`` headers; None if absent.
+def _parse_video(raw: object) -> Video | None:
+    if isinstance(raw, Mapping) and isinstance(raw.get("url"), str) and raw["url"]:
+        return Video.from_dict(raw)
+    if isinstance(raw, str) and raw.startswith(("http://", "https://")):
+        return Video(url=raw)  # some models answer a bare URL
+    return None
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What the create call answered: the new generation's id, and what it cost when reported.
+
+    :param id: the vendor's generation id.
+    :param status: the status word of the create answer (usually ``queued``), if any.
+    :param usage: ``meta.usage`` of the create answer merged with its ``x-aimlapi-*`` headers.
+    """
+
+    id: str
+    status: str | None = None
+    usage: Usage | None = None
+
+
+def parse_usage(payload: object, headers: Mapping[str, str] | None = None) -> Usage | None:
+    """Read usage from ``meta.usage`` and the ``x-aimlapi-*`` headers; None if neither reports it.
+
+    ``meta.usage.credits_used`` (``tokens_used`` in older answers) and ``meta.usage.usd_spent``
+    come first; the headers fill what the body leaves out.
 
     :param payload: the decoded answer.
     :param headers: response headers (case-insensitive mapping or plain dict).
     """
     credits: float | None = None
-    meta = payload.get("meta")
-    if isinstance(meta, Mapping):
-        usage = meta.get("usage")
-        if isinstance(usage, Mapping):
-            credits = _number(usage.get("credits_used"))
     usd: float | None = None
+    meta = payload.get("meta") if isinstance(payload, Mapping) else None
+    usage = meta.get("usage") if isinstance(meta, Mapping) else None
+    if isinstance(usage, Mapping):
+        credits = _number(usage.get("credits_used"))
+        if credits is None:
+            credits = _number(usage.get("tokens_used"))
+        usd = _number(usage.get("usd_spent"))
     if headers:
         lowered = {str(k).lower(): v for k, v in headers.items()}
         if credits is None:
             credits = _number(lowered.get("x-aimlapi-credits-used"))
-        usd = _number(lowered.get("x-aimlapi-usd-spent"))
+        if usd is None:
+            usd = _number(lowered.get("x-aimlapi-usd-spent"))
     if credits is None and usd is None:
         return None
     return Usage(credits_used=credits, usd_spent=usd)

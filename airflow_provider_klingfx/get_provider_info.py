@@ -102,10 +102,11 @@ def get_provider_info() -> dict[str, Any]:
                     },
                 },
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "extra"],
+                    "hidden-fields": ["schema", "login", "extra"],
                     "relabeling": {"host": "Base URL", "password": "API key"},
                     "placeholders": {
                         "host": DEFAULT_BASE_URL,
+                        "port": "the Base URL's (443 for https)",
                         "password": "your AI/ML API key",
                     },
                 },

@@ -6,11 +6,13 @@ operator's ``output_path`` copies it, streamed chunk by chunk, to ``file://``, `
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_klingfx.domain import KlingFxError, KlingFxMalformedResponseError, Video
+from airflow_provider_klingfx.domain import KlingFxError, KlingFxMalformedResponseError, Video, redact_urls
 
 if TYPE_CHECKING:
     from airflow.sdk import ObjectStoragePath
@@ -28,8 +30,9 @@ class KlingFxDownloadError(KlingFxError):
     def __init__(self, generation_id: str, destination: str, cause: Exception) -> None:
         self.generation_id = generation_id
         self.destination = destination
+        why = redact_urls(f"{type(cause).__name__}: {cause}"[:500])
         super().__init__(
-            f"could not save the video of generation {generation_id} to {destination}: {cause}. "
+            f"could not save the video of generation {generation_id} to {destination}: {why}. "
             "The generation itself succeeded; download it again without paying with "
             f"KlingFxHook().get_generation({generation_id!r}) and save_video(...), or a "
             "KlingFxGenerationSensor on that id"
@@ -60,7 +63,12 @@ def save_video(
     log: logging.Logger | Any | None = None,
     chunk_size: int = 1 << 20,
 ) -> str:
-    """Stream ``video`` to ``output_path``, checking its size; retry transient failures.
+    """Stream ``video`` to ``output_path``, atomically: whole and size-checked, or not at all.
+
+    The bytes go to a temporary name beside the destination (``.<name>.<random>.part``) and are
+    moved into place only after the size check, so a reader never sees half a video, on
+    ``file://`` as on S3; the temporary file is deleted on failure. Transient HTTP failures are
+    retried with the hook's policy; a storage error is not.
 
     :param hook: supplies the HTTP session, timeouts and retry policy.
     :param generation_id: for messages.
@@ -69,31 +77,50 @@ def save_video(
     :param log: where progress is logged.
     :param chunk_size: bytes per chunk; memory use stays around this, whatever the video's size.
     :returns: the destination as a URL string (what XCom ``output_path`` holds).
-    :raises KlingFxDownloadError: when it keeps failing.
+    :raises KlingFxDownloadError: naming the generation, whatever failed (HTTP or storage).
     """
     log = log or logging.getLogger(__name__)
-    dest = as_storage_path(output_path)
-    if dest.protocol in ("file", "local", ""):
-        dest.parent.mkdir(parents=True, exist_ok=True)
-
-    def attempt() -> int:
-        written = 0
-        with dest.open("wb") as fh:
-            for chunk in hook.iter_video(video.url, chunk_size=chunk_size):
-                fh.write(chunk)
-                written += len(chunk)
-        if video.file_size is not None and written != video.file_size:
-            raise KlingFxMalformedResponseError(
-                f"downloaded {written} bytes but the API announced {video.file_size}"
-            )
-        return written
-
-    retrying = hook.retry_policy.retrying(
-        idempotent=True, what=f"download of generation {generation_id}", sleep=hook._sleep, logger=log
-    )
+    dest: ObjectStoragePath | None = None
+    part: ObjectStoragePath | None = None
     try:
+        dest = as_storage_path(output_path)
+        if dest.protocol in ("file", "local", ""):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.part"
+
+        def attempt() -> int:
+            assert part is not None
+            written = 0
+            try:
+                with part.open("wb") as fh:
+                    for chunk in hook.iter_video(video.url, chunk_size=chunk_size):
+                        fh.write(chunk)
+                        written += len(chunk)
+                if video.file_size is not None and written != video.file_size:
+                    raise KlingFxMalformedResponseError(
+                        f"downloaded {written} bytes but the API announced {video.file_size}"
+                    )
+            except BaseException:
+                _remove_quietly(part)
+                raise
+            return written
+
+        retrying = hook.retry_policy.retrying(
+            idempotent=True, what=f"download of generation {generation_id}", sleep=hook._sleep, logger=log
+        )
         size = retrying(attempt)
-    except KlingFxError as exc:
-        raise KlingFxDownloadError(generation_id, str(dest), exc) from None
+        part.rename(dest)
+    except Exception as exc:
+        if part is not None:
+            _remove_quietly(part)
+        shown = str(dest) if dest is not None else str(output_path)
+        raise KlingFxDownloadError(generation_id, shown, exc) from None
     log.info("Saved the video of generation %s to %s (%d bytes)", generation_id, dest, size)
     return str(dest)
+
+
+def _remove_quietly(path: ObjectStoragePath) -> None:
+    # Cleaning up after a failure must not hide the failure itself.
+    with contextlib.suppress(Exception):
+        if path.exists():
+            path.unlink()

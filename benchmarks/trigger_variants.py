@@ -35,7 +35,8 @@ class _OwnSessionHook(KlingFxHook):
         return self._async_session
 
     def _new_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(timeout=self._request_timeout)
+        # Timeouts travel with each request (see KlingFxHook._asend), as with the shared session.
+        return aiohttp.ClientSession()
 
     async def aclose(self) -> None:
         session, self._async_session = self._async_session, None
@@ -46,9 +47,11 @@ class _OwnSessionHook(KlingFxHook):
 class SessionPerRequestHook(_OwnSessionHook):
     """``HttpAsyncHook``'s session handling: a new session per request, closed after it."""
 
-    async def _asend(self, method: Any, url: Any, path: str, headers: dict[str, str], body: Any) -> Any:
+    async def _asend(
+        self, method: Any, url: Any, path: str, headers: dict[str, str], body: Any, deadline: Any
+    ) -> Any:
         try:
-            return await super()._asend(method, url, path, headers, body)
+            return await super()._asend(method, url, path, headers, body, deadline)
         finally:
             await self.aclose()  # like leaving ``async with aiohttp.ClientSession() as session``
 
@@ -57,9 +60,7 @@ class SessionPerTriggerHook(_OwnSessionHook):
     """Version 0.1.0's session handling: one session and connector per hook, for all its polls."""
 
     def _new_session(self) -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            timeout=self._request_timeout, connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=300)
-        )
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=16, ttl_dns_cache=300))
 
 
 class BaselineTrigger(KlingFxGenerationTrigger):

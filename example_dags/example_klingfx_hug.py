@@ -3,8 +3,14 @@
 Needs a connection ``klingfx_default`` of type ``klingfx`` (Base URL + API key); see the README.
 Two-person scenes (hug, kiss, heart_gesture) need exactly two photos, each with a visible face;
 otherwise the vendor fails the generation with "Could not detect face in the image" and the task
-fails without retrying (a retry would pay again for the same result). With ``output_path`` set, the
-MP4 is also streamed there (any Airflow object storage URL) and XCom ``output_path`` names it.
+fails without retrying (a retry would pay again for the same result).
+
+Whoever triggers the DAG chooses the photos and the scene, and at most a *file name* for the video
+(``output_name``, e.g. ``team-hug.mp4``: letters, digits, ``.``, ``_``, ``-``, no folders). Where it
+lands is not theirs to choose: the folder comes from the Airflow Variable ``klingfx_output_base``
+(e.g. ``file:///data/kling`` or ``s3://aws_default@my-bucket/kling``), which only those who may edit
+Variables set. A trigger with a path in ``output_name`` is refused before the run starts. With a
+name given, the MP4 is streamed there and XCom ``output_path`` names it.
 This is the DAG ``make demo`` runs.
 """
 
@@ -30,10 +36,13 @@ with DAG(
             type="string",
         ),
         "scene": Param("hug", enum=["hug", "kiss", "heart_gesture"]),
-        "output_path": Param(
+        "output_name": Param(
             "",
             type="string",
-            description="optional: where to keep the MP4 (file:///..., s3://...); empty: CDN URL only",
+            # A plain file name: no folder, so a trigger cannot write anywhere else.
+            pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\.mp4$",
+            description="optional: a file name such as team-hug.mp4, saved in the folder the "
+            "Variable klingfx_output_base names; empty: keep only the CDN URL",
         ),
     },
 ):
@@ -42,5 +51,9 @@ with DAG(
         effect_scene="{{ params.scene }}",
         image_urls=["{{ params.left_photo }}", "{{ params.right_photo }}"],
         model="klingai/kling-video-v1.6-pro-effects",
-        output_path="{{ params.output_path }}",
+        output_path=(
+            "{% if params.output_name %}"
+            "{{ var.value.klingfx_output_base.rstrip('/') }}/{{ params.output_name }}"
+            "{% endif %}"
+        ),
     )

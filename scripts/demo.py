@@ -123,12 +123,14 @@ def main() -> int:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "example_dags"),
             "AIRFLOW_CONN_KLINGFX_DEFAULT": json.dumps(conn),
+            # Where the example DAG may save videos; the trigger only names the file.
+            "AIRFLOW_VAR_KLINGFX_OUTPUT_BASE": OUT.resolve().as_uri(),
         }
         say(f"Preparing Airflow in {HOME} (SQLite)")
         if airflow(["db", "migrate"], env, quiet=True) != 0:
             raise SystemExit("airflow db migrate failed")
         say(f"Running DAG {DAG_ID} with 'airflow dags test' (hug: two photos, first on the left)")
-        conf = {"left_photo": photos[0], "right_photo": photos[1], "output_path": target.as_uri()}
+        conf = {"left_photo": photos[0], "right_photo": photos[1], "output_name": target.name}
         code = airflow(["dags", "test", DAG_ID, "-c", json.dumps(conf)], env)
         run_id, state = last_run()
         if code != 0 or state != "success":

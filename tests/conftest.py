@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -94,3 +95,42 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("klingfx figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@contextmanager
+def configured(emulator: RunningEmulator, **fields: Any) -> Iterator[RunningEmulator]:
+    """Change fields of a running emulator's config for the block, then put the old values back."""
+    old = {name: getattr(emulator.config, name) for name in fields}
+    emulator.call(lambda: [setattr(emulator.config, k, v) for k, v in fields.items()])
+    try:
+        yield emulator
+    finally:
+        emulator.call(lambda: [setattr(emulator.config, k, v) for k, v in old.items()])
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[dict]:
+    """An S3-compatible server (moto) on 127.0.0.1 with a bucket and an Airflow connection to it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="moto",
+        aws_secret_access_key="moto",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="videos")
+    conn = {
+        "conn_type": "aws",
+        "login": "moto",
+        "password": "moto",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+    }
+    yield {"client": client, "env": {"AIRFLOW_CONN_AWS_MOTO": json.dumps(conn)}}
+    server.stop()

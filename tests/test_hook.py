@@ -66,7 +66,7 @@ def request_paths(emulator) -> list[tuple[str, str]]:
 def test_sync_submit_and_wait_on_each_endpoint_style(emulator, connection, sleeps, endpoint, path):
     connection("kfx", extra={"endpoint": endpoint} if endpoint else {})
     hook = make_hook(sleeps, "kfx")
-    gen_id = hook.submit(squish(emulator), client_request_id="dag:run:task:-1:1")
+    gen_id = hook.submit(squish(emulator), client_request_id="dag:run:task:-1:1").id
     assert gen_id.endswith(":kling-video/v1.6/standard/effects")
     generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=30)
     assert generation.is_completed
@@ -86,7 +86,7 @@ async def test_async_submit_and_fetch_on_each_endpoint_style(emulator, connectio
     connection("kfx", extra={"endpoint": endpoint})
     hook = make_hook(sleeps, "kfx")
     try:
-        gen_id = await hook.asubmit(hug(emulator))
+        gen_id = (await hook.asubmit(hug(emulator))).id
         generation = await hook.aget_generation(gen_id)
         assert generation.id == gen_id
         assert generation.status in {"queued", "generating", "completed"}
@@ -98,7 +98,7 @@ async def test_async_submit_and_fetch_on_each_endpoint_style(emulator, connectio
 
 def test_generation_ids_are_url_encoded(emulator, connection, sleeps):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
+    gen_id = hook.submit(squish(emulator)).id
     assert ":" in gen_id and "/" in gen_id
     assert hook.get_generation(gen_id).id == gen_id
     assert emulator.stats()["requests"][-1]["query_generation_id"] == gen_id
@@ -108,7 +108,7 @@ def test_legacy_statuses_count_as_pending(emulator, connection, sleeps):
     emulator.call(lambda: setattr(emulator.config, "legacy_statuses", True))
     try:
         hook = make_hook(sleeps)
-        gen_id = hook.submit(squish(emulator))
+        gen_id = hook.submit(squish(emulator)).id
         first = hook.get_generation(gen_id)
         assert first.status in {"waiting", "active"}
         assert first.is_pending and first.is_known_status
@@ -122,7 +122,7 @@ def test_face_detection_failure_in_either_shape(emulator, connection, sleeps, sh
     emulator.call(lambda: setattr(emulator.config, "error_shape", shape))
     try:
         hook = make_hook(sleeps)
-        gen_id = hook.submit(hug(emulator, "landscape-noface.png"))
+        gen_id = hook.submit(hug(emulator, "landscape-noface.png")).id
         with pytest.raises(KlingFxGenerationFailedError, match="Could not detect face in the image") as info:
             hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=30)
     finally:
@@ -184,7 +184,7 @@ def test_unknown_generation_is_a_404(emulator, connection, sleeps):
 )
 def test_fetch_retries_transient_faults(emulator, connection, sleeps, rule):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
+    gen_id = hook.submit(squish(emulator)).id
     emulator.set_faults(faults(rule))
     assert hook.get_generation(gen_id).id == gen_id
     assert len(sleeps.calls) == rule["times"]
@@ -202,7 +202,7 @@ def test_fetch_retries_transient_faults(emulator, connection, sleeps, rule):
 )
 async def test_async_fetch_gives_up_with_a_typed_error_after_its_attempts(emulator, connection, sleeps, rule):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
+    gen_id = hook.submit(squish(emulator)).id
     emulator.set_faults(faults(rule))
     try:
         with pytest.raises((KlingFxAPIError, KlingFxTransportError, KlingFxMalformedResponseError)):
@@ -225,7 +225,9 @@ async def test_submit_retries_only_when_nothing_was_accepted(emulator, connectio
     emulator.set_faults(faults(rule))
     hook = make_hook(sleeps)
     try:
-        gen_id = hook.submit(squish(emulator)) if mode == "sync" else await hook.asubmit(squish(emulator))
+        gen_id = (
+            hook.submit(squish(emulator)) if mode == "sync" else await hook.asubmit(squish(emulator))
+        ).id
     finally:
         await hook.aclose()
     assert gen_id
@@ -280,12 +282,12 @@ def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
         sleeps.calls.append(seconds)
         now[0] += seconds
 
-    hook = KlingFxHook(retry_policy=FAST, sleep=fake_sleep)
+    hook = KlingFxHook(retry_policy=FAST, sleep=fake_sleep, clock=clock)
     emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
     try:
-        gen_id = hook.submit(squish(emulator))
+        gen_id = hook.submit(squish(emulator)).id
         with pytest.raises(KlingFxTimeoutError, match=f"{gen_id} did not finish within 60s") as info:
-            hook.wait_for_generation(gen_id, poll_interval=10, timeout=60, clock=clock)
+            hook.wait_for_generation(gen_id, poll_interval=10, timeout=60)
     finally:
         emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert info.value.last_status in {"queued", "generating"}
@@ -294,7 +296,7 @@ def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
 
 def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
+    gen_id = hook.submit(squish(emulator)).id
     # 10 failures in a row: more than one fetch's own retries (4 attempts), so polling must wait it out.
     emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": 10}))
     generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=60)
@@ -354,12 +356,30 @@ def test_worker_wait_follows_the_connections_adaptive_schedule(emulator, connect
         now[0] += seconds
         time.sleep(min(seconds, 0.05))
 
-    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep)
-    gen_id = hook.submit(squish(emulator))
-    generation = hook.wait_for_generation(
-        gen_id, poll_interval=0.1, timeout=60, submitted_at=now[0], clock=lambda: now[0]
-    )
+    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep, clock=lambda: now[0])
+    gen_id = hook.submit(squish(emulator)).id
+    generation = hook.wait_for_generation(gen_id, poll_interval=0.1, timeout=60, submitted_at=now[0])
     assert generation.is_completed
     first, *dense = waits
     assert first == pytest.approx(1.64, abs=0.01)
     assert all(w == pytest.approx(0.07) for w in dense)
+
+
+def test_a_slow_poll_on_the_worker_never_runs_past_the_deadline(emulator, connection, sleeps):
+    """The worker-side twin of the trigger's test: requests are cut at the wait's deadline."""
+    hook = KlingFxHook(retry_policy=FAST, sleep=sleeps)  # the connection's 30 s read timeout
+    gen_id = hook.submit(squish(emulator)).id
+    emulator.set_faults(faults({"action": "slow", "route": "fetch", "delay": 5, "times": -1}))
+    started = time.monotonic()
+    with pytest.raises(KlingFxTimeoutError, match=gen_id):
+        hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=1.0)
+    assert time.monotonic() - started < 4.5  # not the 5 s of even a single slow answer
+
+
+def test_the_connection_port_is_used_when_the_base_url_names_none(emulator, connection, sleeps):
+    port = int(emulator.url.rsplit(":", 1)[1])
+    connection("kfx", host="http://127.0.0.1", port=port)
+    assert make_hook(sleeps, "kfx").submit(squish(emulator)).id
+    connection("clash", host=f"http://127.0.0.1:{port}", port=port + 1)
+    with pytest.raises(KlingFxConnectionConfigError, match=f"names port {port} but the port field says"):
+        make_hook(sleeps, "clash").submit(squish(emulator))

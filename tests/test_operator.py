@@ -6,8 +6,21 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_klingfx.domain import KlingFxAPIError, KlingFxInvalidInputError
-from airflow_provider_klingfx.operators.klingfx import STATE_STORE_KEY, KlingFxEffectOperator, raise_for_event
+from airflow_provider_klingfx._compat import AirflowException, AirflowFailException, AirflowTaskTimeout
+from airflow_provider_klingfx.domain import (
+    EffectRequest,
+    KlingFxAPIError,
+    KlingFxGenerationFailedError,
+    KlingFxInvalidInputError,
+    KlingFxRetryWouldResubmitError,
+    KlingFxTimeoutError,
+)
+from airflow_provider_klingfx.media import KlingFxDownloadError
+from airflow_provider_klingfx.operators.klingfx import (
+    STATE_STORE_KEY,
+    KlingFxEffectOperator,
+    raise_for_event,
+)
 from tests.conftest import faults
 from tests.test_hook import hug, make_hook, squish
 
@@ -55,36 +68,88 @@ def test_template_fields_are_the_documented_ones():
     assert operator().deferrable is True
 
 
+def stored(gen_id: str, request, **extra: Any) -> dict[str, Any]:
+    """The task_state_store of a task instance whose earlier try submitted ``request`` as ``gen_id``."""
+    record = {"generation_id": gen_id, "submitted_at": 1000.0, "request": request.fingerprint(), **extra}
+    return {"task_state_store": StateStore(**{STATE_STORE_KEY: record})}
+
+
 def test_reattaches_to_a_running_or_completed_generation(emulator, connection, sleeps):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
-    context = {"task_state_store": StateStore(**{STATE_STORE_KEY: {"generation_id": gen_id}})}
-    assert operator()._reattach(context, hook) == gen_id  # still running
+    request = squish(emulator)
+    gen_id = hook.submit(request).id
+    context = stored(gen_id, request)
+    assert operator()._reattach(context, hook, request)["generation_id"] == gen_id  # still running
     wait_until_terminal(hook, gen_id)
-    assert operator()._reattach(context, hook) == gen_id  # completed: its video is reused
+    record = operator()._reattach(context, hook, request)  # completed: its video is reused
+    assert (record["generation_id"], record["submitted_at"]) == (gen_id, 1000.0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"effect_scene": "expansion"},
+        {"duration": 10},
+        {"model": "klingai/kling-video-v1.6-pro-effects"},
+        {"image_urls": "other.png"},
+    ],
+    ids=["scene", "duration", "model", "photo"],
+)
+def test_a_changed_request_is_submitted_anew_not_reattached(emulator, connection, sleeps, capfd, change):
+    hook = make_hook(sleeps)
+    before = squish(emulator)
+    gen_id = hook.submit(before).id
+    fields = {
+        "effect_scene": before.effect_scene,
+        "image_urls": list(before.image_urls),
+        "duration": before.duration,
+        "model": before.model,
+    }
+    if change.get("image_urls"):
+        change = {"image_urls": f"{emulator.url}/samples/person-2.png"}
+    after = EffectRequest.build(**(fields | change))
+    assert operator()._reattach(stored(gen_id, before), hook, after) is None
+    out = capfd.readouterr().out
+    assert f"Not reusing generation {gen_id} from an earlier try: the request changed" in out
+
+
+def test_two_photos_swapped_are_a_different_request(emulator):
+    left, right = f"{emulator.url}/samples/person-1.png", f"{emulator.url}/samples/person-2.png"
+    assert (
+        EffectRequest.build("hug", [left, right]).fingerprint()
+        != EffectRequest.build("hug", [right, left]).fingerprint()
+    )
+
+
+def test_a_record_without_fingerprint_is_not_reused(emulator, connection, sleeps):
+    hook = make_hook(sleeps)
+    request = squish(emulator)
+    gen_id = hook.submit(request).id
+    context = {"task_state_store": StateStore(**{STATE_STORE_KEY: {"generation_id": gen_id}})}
+    assert operator()._reattach(context, hook, request) is None
 
 
 def test_submits_afresh_when_the_stored_generation_failed_or_is_unknown(emulator, connection, sleeps):
     hook = make_hook(sleeps)
-    failed = hook.submit(hug(emulator, "landscape-noface.png"))
+    request = hug(emulator, "landscape-noface.png")
+    failed = hook.submit(request).id
     with pytest.raises(Exception, match="Could not detect face"):
         wait_until_terminal(hook, failed)
     for gen_id in (failed, "gone:kling-video/v1.6/standard/effects"):
-        context = {"task_state_store": StateStore(**{STATE_STORE_KEY: {"generation_id": gen_id}})}
-        assert operator()._reattach(context, hook) is None
+        assert operator()._reattach(stored(gen_id, request), hook, request) is None
 
 
 def test_a_flaky_api_never_turns_a_reattach_into_a_second_payment(emulator, connection, sleeps):
     hook = make_hook(sleeps)
-    gen_id = hook.submit(squish(emulator))
+    request = squish(emulator)
+    gen_id = hook.submit(request).id
     emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": -1}))
-    context = {"task_state_store": StateStore(**{STATE_STORE_KEY: {"generation_id": gen_id}})}
     with pytest.raises(KlingFxAPIError, match="503"):
-        operator()._reattach(context, hook)
+        operator()._reattach(stored(gen_id, request), hook, request)
 
 
 def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connection, sleeps):
-    assert operator()._reattach({}, make_hook(sleeps)) is None
+    assert operator()._reattach({}, make_hook(sleeps), squish(emulator)) is None
 
 
 @pytest.mark.parametrize(
@@ -116,3 +181,54 @@ def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connectio
 def test_trigger_events_become_typed_errors(event, error):
     with pytest.raises(Exception, match=error):
         raise_for_event(event)
+
+
+class TaskInstance:
+    """The little of a task instance the operator reads when Airflow resumes it."""
+
+    task_id = "t"
+    map_index = -1
+
+    def __init__(self, generation_id: str) -> None:
+        self.generation_id = generation_id
+
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int) -> str:
+        assert (task_ids, key, map_indexes) == ("t", "generation_id", -1)
+        return self.generation_id
+
+
+@pytest.mark.parametrize(
+    ("error", "converted"),
+    [
+        (KlingFxTimeoutError("g:1", 30.0, "generating"), True),
+        (KlingFxDownloadError("g:1", "file:///x.mp4", OSError("disk full")), True),
+        (AirflowTaskTimeout("execution_timeout"), True),
+        (KlingFxGenerationFailedError("g:1", "no face"), False),
+    ],
+    ids=["timeout", "download", "execution-timeout", "vendor-failure"],
+)
+@pytest.mark.parametrize("store", [None, StateStore()], ids=["airflow-3.1", "airflow-3.3"])
+def test_after_payment_a_retryable_failure_fails_for_good_only_without_a_state_store(error, converted, store):
+    context = {} if store is None else {"task_state_store": store}
+    expected = KlingFxRetryWouldResubmitError if store is None and converted else type(error)
+    with pytest.raises(expected) as info, operator()._paid_generation(context, "g:1"):
+        raise error
+    if expected is KlingFxRetryWouldResubmitError:
+        assert isinstance(info.value, KlingFxRetryWouldResubmitError)
+        assert isinstance(info.value, AirflowFailException)  # Airflow fails it without retries
+        assert "KlingFxGenerationSensor(generation_id='g:1')" in str(info.value)
+        assert info.value.__cause__ is error
+    else:
+        assert info.value is error
+
+
+@pytest.mark.parametrize("reason", ["TRIGGER_TIMEOUT", "Trigger failure"])
+def test_airflow_failing_a_deferred_task_is_no_second_payment_either(reason):
+    """Airflow resumes a task with ``__fail__`` when its defer timeout passes or the trigger crashed."""
+    with pytest.raises(KlingFxRetryWouldResubmitError, match="g:7"):
+        operator().resume_execution("__fail__", {"error": reason}, {"ti": TaskInstance("g:7")})
+    with pytest.raises(AirflowException, match=reason) as info:
+        operator().resume_execution(
+            "__fail__", {"error": reason}, {"ti": TaskInstance("g:7"), "task_state_store": StateStore()}
+        )
+    assert not isinstance(info.value, KlingFxRetryWouldResubmitError)  # 3.3+: the retry reattaches

@@ -32,7 +32,7 @@ async def test_hooks_of_one_loop_share_one_session_and_the_last_closes_it(emulat
     assert len(sessions) == 1
     assert _session_pool.users() == 3
     session = await hooks[0].aget_conn()
-    gen_id = await hooks[0].asubmit(squish(emulator))
+    gen_id = (await hooks[0].asubmit(squish(emulator))).id
     await asyncio.gather(*(h.aget_generation(gen_id) for h in hooks))
     await hooks[0].aclose()
     await hooks[1].aclose()
@@ -46,7 +46,7 @@ async def test_hooks_of_one_loop_share_one_session_and_the_last_closes_it(emulat
 async def test_a_session_closed_by_someone_else_is_replaced(emulator, connection, sleeps):
     first, second = make_hook(sleeps), make_hook(sleeps)
     try:
-        gen_id = await first.asubmit(squish(emulator))
+        gen_id = (await first.asubmit(squish(emulator))).id
         await (await first.aget_conn()).close()  # what user code must not do, but might
         assert (await second.aget_generation(gen_id)).id == gen_id
         assert (await first.aget_generation(gen_id)).id == gen_id
@@ -82,9 +82,11 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
     port = emulator_port(emulator)
     submitter = make_hook(SleepRecorder())
     try:
-        ids = [submitter.submit(squish(emulator, f"person-{i % 3 + 1}.png")) for i in range(40)]
+        ids = [submitter.submit(squish(emulator, f"person-{i % 3 + 1}.png")).id for i in range(40)]
     finally:
         submitter.close()
+    # Idle keep-alive connections of sync hooks that earlier tests in this process left open.
+    others = sockets_to(port)
 
     async def short_sleep(seconds: float) -> None:
         await asyncio.sleep(0.02)
@@ -101,7 +103,7 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
             await asyncio.sleep(0.05)
         assert _polls(emulator, ids) >= 400
         assert _session_pool.users() == 40
-        assert 0 < sockets_to(port) <= 40
+        assert 0 < sockets_to(port) - others <= 40
     finally:
         for task in tasks:
             task.cancel()
@@ -109,7 +111,7 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
         emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     await asyncio.sleep(0.1)  # let the closed transports finish closing
     assert _session_pool.users() == 0
-    assert sockets_to(port) == 0
+    assert sockets_to(port) <= others
 
 
 async def _drain(trigger: KlingFxGenerationTrigger) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
+from tests.airflow_harness import REPO
 from tests.conftest import API_KEY, SleepRecorder, faults
 from tests.test_hook import FAST, hug, make_hook, squish
 
@@ -21,7 +25,7 @@ async def events_of(trigger: KlingFxGenerationTrigger) -> list[dict]:
 def submit(emulator, _sleeps, request) -> str:
     hook = make_hook(SleepRecorder())
     try:
-        return hook.submit(request)
+        return hook.submit(request).id
     finally:
         hook.close()
 
@@ -60,6 +64,7 @@ def test_serialize_round_trip_holds_only_plain_values_and_no_key():
         "klingfx_conn_id": "klingfx_default",
         "poll_interval": 7.0,
         "submitted_at": None,
+        "usage": None,
     }
     json.dumps(kwargs)  # plain JSON, as Airflow stores it
     module, name = path.rsplit(".", 1)
@@ -78,7 +83,8 @@ async def test_success_event_carries_the_video(emulator, connection):
     assert event["generation_id"] == gen_id
     assert event["video"]["url"].startswith(emulator.url)
     assert event["video"]["content_type"] == "video/mp4"
-    assert event["usage"] == {"credits_used": 120000.0, "usd_spent": None}
+    assert event["usage"]["credits_used"] == 120000.0
+    assert event["usage"]["usd_spent"] > 0
     assert event["polls"] >= 2
     assert API_KEY not in json.dumps(event)
 
@@ -267,3 +273,66 @@ async def test_trigger_never_blocks_the_event_loop(emulator, connection):
         loop.set_debug(False)
     assert event["status"] == "success"
     assert slow == []
+
+
+TRIGGER_SCRIPT = """
+import asyncio, json, pathlib, sys, time
+from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
+
+generation_id, armed = sys.argv[1], pathlib.Path(sys.argv[2])
+
+async def sleep(seconds):
+    await asyncio.sleep(min(seconds, 0.05))
+
+async def main():
+    trigger = KlingFxGenerationTrigger(
+        generation_id, deadline=time.time() + 60, poll_interval=0.2, submitted_at=time.time(), sleep=sleep
+    )
+    armed.touch()  # after Airflow's own start-up: the trigger's first connection read meets the hiccup
+    async for event in trigger.run():
+        print("EVENT " + json.dumps(event.payload), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_connection_read_hiccup_is_read_again_not_a_lost_generation(emulator, connection, tmp_path):
+    """A secrets backend that cannot start once (in a fresh process, as in a triggerer): the trigger
+    reads the connection again and delivers the paid video, instead of ending "not defined"."""
+    gen_id = submit(emulator, None, squish(emulator))
+    armed = tmp_path / "armed"
+    env = {
+        **os.environ,
+        "AIRFLOW__WORKERS__SECRETS_BACKEND": "tests.flaky_secrets.OnceBrokenBackend",
+        "AIRFLOW__WORKERS__SECRETS_BACKEND_KWARGS": json.dumps({"armed": str(armed)}),
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", TRIGGER_SCRIPT, gen_id, str(armed)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert not armed.exists(), "the backend was never started"
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("EVENT ")]
+    event = json.loads(line.removeprefix("EVENT "))
+    assert event["status"] == "success", event
+    assert "could not read connection 'klingfx_default': ConnectionError" in out
+    assert "trying again" in out
+    assert API_KEY not in out
+
+
+async def test_a_slow_poll_never_runs_past_the_deadline(emulator, connection):
+    """The API hangs (each answer takes 5 s, under the 30 s read timeout): one poll with its retries
+    could take minutes. Every request is cut at the deadline, so the timeout event comes on time."""
+    gen_id = submit(emulator, None, squish(emulator))
+    emulator.set_faults(faults({"action": "slow", "route": "fetch", "delay": 5, "times": -1}))
+    started = time.monotonic()
+    (event,) = await events_of(make_trigger(gen_id, RealSleep(), deadline=time.time() + 1.0))
+    assert event["status"] == "timeout"
+    assert event["generation_id"] == gen_id
+    assert time.monotonic() - started < 4.5  # not the 5 s of even a single slow answer

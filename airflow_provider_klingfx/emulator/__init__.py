@@ -13,23 +13,41 @@ What it emulates:
 * ``POST /v2/video/generations`` (and the legacy ``/v2/generate/video/kling/generation``): bearer
   key (default ``emulator-key`` or ``$KLINGFX_EMULATOR_API_KEY``), the vendor schema's validation
   plus the documented image counts (hug, kiss, heart_gesture: exactly 2; squish, expansion: 1;
-  others 1 or 2), errors in the vendor's JSON envelope, an optional credit budget (403 when spent);
+  others 1 or 2), an optional credit budget (403 when spent); it answers 200 (201 on the legacy
+  path) with ``{"id", "status": "queued", "meta": {"usage": {"credits_used", "usd_spent"}}}``;
 * ``GET`` on the same paths with ``?generation_id=``: ``queued`` -> ``generating`` -> ``completed``
   or ``error``, computed from a clock you can inject, with a real MP4 served under
-  ``/files/<uuid>/output.mp4`` once completed;
+  ``/files/<uuid>/output.mp4`` once completed; a completed answer carries ``meta.usage``, the
+  others ``"meta": null``;
+* the status words on the wire: the schema's by default, ``waiting``/``active`` for queued and
+  generating with ``legacy_statuses``, any others with ``status_words`` (``succeeded``,
+  ``failed``, ``cancelled``...);
+* usage where the vendor reports it (``usage_in``: create, fetch, both or none; ``usage_field``:
+  ``credits_used`` or the older ``tokens_used``; ``usd_per_credit``), always with the headers
+  ``x-aimlapi-credits-used`` (integer) and ``x-aimlapi-usd-spent``;
+* the tracing headers: ``x-inference-id`` (the generation id: on a create's answer, and on a
+  poll's answer, its 401 and 404 included, when the polled id is one the API could have issued;
+  not on answers a fault rule makes up), ``x-request-id`` (also ``requestId`` in error bodies)
+  and the valid ``X-Client-Request-Id`` echoed;
+* HTTP errors in the documented body ``{message, path, requestId, statusCode, timestamp}`` (plus
+  ``errors: [{path, message}]`` for validation errors) or, with ``error_body="live"``, the one seen
+  live ``{title, status, message, instance, requestId, timestamp, error: {name, message}}`` (plus
+  ``detail: [{loc, msg, type, input}]``);
 * sample photos at ``/samples/person-1.png`` .. ``person-3.png`` and ``/samples/landscape-noface.png``;
 * fault injection (:class:`FaultRule`): HTTP errors with ``Retry-After``, dropped connections
-  (also after a create was accepted: the ambiguous case), slow answers, non-JSON answers;
+  (also after a create was accepted: the ambiguous case), a create accepted with an answer that
+  has no id (``accept_without_id``: the id only in ``x-inference-id``; ``accept_unreadable``: not
+  even there), a video download cut halfway (``truncate``), slow answers, non-JSON answers;
 * admin endpoints without auth: ``GET /_emulator/stats``, ``POST /_emulator/faults``,
   ``POST /_emulator/reset``, and ``GET /health``.
 
 ``GET /_emulator/stats`` answers ``{"submissions": <accepted creates>, "requests": [{"method",
 "path", "query_generation_id", "client_request_id", "status", "fault"}, ...], "faults_injected": n,
 "generations": {id: status}}`` plus ``requests_total``, ``renders_pending``, ``credits_spent``,
-``credits_remaining`` and ``fault_rules``. Requests to ``/_emulator/*`` and ``/health`` are not
-recorded; a dropped connection is recorded with ``"status": null``. ``POST /_emulator/reset``
-forgets generations, videos, records and counters, restores the credit budget and re-arms the
-configured fault rules.
+``credits_remaining`` and ``fault_rules``; its statuses are always the canonical words, whatever
+the answers say. Requests to ``/_emulator/*`` and ``/health`` are not recorded; a dropped
+connection is recorded with ``"status": null``. ``POST /_emulator/reset`` forgets generations,
+videos, records and counters, restores the credit budget and re-arms the configured fault rules.
 
 Face detection rule: the emulator has no face detector. An image "has no face" when its URL
 contains ``noface`` (case-insensitive). A two-person scene (``hug``, ``kiss``, ``heart_gesture``)

@@ -18,11 +18,14 @@ from collections.abc import Sequence
 
 from airflow_provider_klingfx.emulator.app import (
     API_KEY_ENV,
+    CANONICAL_STATUSES,
     DEFAULT_API_KEY,
+    DEFAULT_USD_PER_CREDIT,
     EmulatorConfig,
     create_app,
     format_url,
     iter_fault_rules,
+    parse_status_words,
     start_site,
 )
 
@@ -57,7 +60,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="if set, draw each generating time uniformly between --generating-seconds and this",
     )
     p.add_argument("--seed", type=int, default=None, help="seed for the generating-time draw")
-    p.add_argument("--legacy-statuses", action="store_true", help="report 'waiting'/'active' statuses")
+    p.add_argument(
+        "--legacy-statuses",
+        action="store_true",
+        help="report 'waiting'/'active' instead of 'queued'/'generating' (--status-word wins)",
+    )
+    p.add_argument(
+        "--status-word",
+        action="append",
+        default=[],
+        metavar="STATUS=WORD",
+        help=f"answer WORD instead of the canonical STATUS ({', '.join(CANONICAL_STATUSES)}), e.g. "
+        "completed=succeeded or error=failed; repeatable (default: the canonical words)",
+    )
+    p.add_argument(
+        "--usage-in",
+        choices=("both", "create", "fetch", "none"),
+        default="both",
+        help="where usage (meta.usage and the x-aimlapi-credits-used / x-aimlapi-usd-spent headers) "
+        "is reported: the create answer, the completed fetch answer, both or none (default: %(default)s)",
+    )
+    p.add_argument(
+        "--usage-field",
+        choices=("credits_used", "tokens_used"),
+        default="credits_used",
+        help="name of the credit count in meta.usage; older answers say tokens_used (default: %(default)s)",
+    )
+    p.add_argument(
+        "--usd-per-credit",
+        type=float,
+        default=DEFAULT_USD_PER_CREDIT,
+        help="USD per credit, for meta.usage.usd_spent and x-aimlapi-usd-spent "
+        "(default: %(default)g, the vendor's 2480 credits = $0.00124)",
+    )
+    p.add_argument(
+        "--error-body",
+        choices=("documented", "live"),
+        default="documented",
+        help="HTTP error bodies: documented {message, path, requestId, statusCode, timestamp} or as seen "
+        "live {title, status, message, instance, requestId, timestamp, error, detail} (default: %(default)s)",
+    )
     p.add_argument(
         "--error-shape",
         choices=("detail", "name_message"),
@@ -70,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="JSON",
         help='fault rule, e.g. \'{"action": "status", "route": "create", "status": 503, "retry_after": 1}\'; '
-        "repeatable",
+        "actions: status, drop, drop_after_accept, accept_without_id, accept_unreadable (create only), "
+        "truncate (video only), slow, garbage; repeatable",
     )
     p.add_argument("--credits", type=int, default=None, help="credit budget (default: unlimited)")
     p.add_argument(
@@ -100,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     """Build the configuration from parsed arguments.
 
     :param args: the parsed arguments.
-    :raises ValueError: on invalid values (e.g. a bad ``--fault``).
+    :raises ValueError: on invalid values (e.g. a bad ``--fault`` or ``--status-word``).
     """
     return EmulatorConfig(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY,
@@ -109,6 +152,11 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         generating_seconds_max=args.generating_seconds_max,
         seed=args.seed,
         legacy_statuses=args.legacy_statuses,
+        status_words=parse_status_words(args.status_word),
+        usage_in=args.usage_in,
+        usage_field=args.usage_field,
+        usd_per_credit=args.usd_per_credit,
+        error_body=args.error_body,
         error_shape=args.error_shape,
         faults=list(iter_fault_rules(args.fault)),
         credits=args.credits,

@@ -4,15 +4,19 @@ Behaviour, in short (the package docstring has the user-facing version):
 
 * create (``POST /v2/video/generations`` or the legacy ``POST /v2/generate/video/kling/generation``)
   checks the bearer key, validates the body like the vendor schema plus the documented image-count
-  rule, charges the optional credit budget and answers ``{"id", "status": "queued"}``;
+  rule, charges the optional credit budget and answers ``{"id", "status": "queued", "meta":
+  {"usage": ...}}`` (200; 201 on the legacy path) with ``x-inference-id`` and the cost headers;
 * fetch (``GET`` on the same paths with ``?generation_id=``) computes the status lazily from the
   injected clock: ``queued`` for ``queued_seconds``, ``generating`` for the generation's generating
-  time, then ``completed`` (only once its video is rendered) or ``error``;
+  time, then ``completed`` (only once its video is rendered) or ``error``; answers say these
+  canonical words, or others (``status_words``, ``legacy_statuses``);
+* HTTP errors have the documented body or the one seen live (``error_body``), built in one place;
 * face detection is faked: an image "has no face" when its URL contains ``noface``
   (case-insensitive); a two-person scene (hug, kiss, heart_gesture) given such an image ends in
   ``error`` with a face-detection error; other scenes render it normally;
 * videos are real MP4s served by the emulator itself under ``/files/<uuid>/output.mp4``;
-* faults (HTTP errors, dropped connections, slow or non-JSON answers) are injected by rules.
+* faults (HTTP errors, dropped connections, id-less create answers, cut downloads, slow or
+  non-JSON answers) are injected by rules.
 
 Every lookup a request does is a dict access: no request scans all generations, so thousands of
 generations polled concurrently cost the same per request as one. Only the admin stats walk them.
@@ -26,6 +30,7 @@ import difflib
 import hmac
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -40,7 +45,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from http import HTTPStatus
 from pathlib import Path
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
@@ -65,14 +70,36 @@ ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
 DEFAULT_API_KEY = "emulator-key"
 API_KEY_ENV = "KLINGFX_EMULATOR_API_KEY"
 #: The two path styles of the vendor API; both accept create (POST) and fetch (GET).
-API_PATHS: tuple[str, ...] = ("/v2/video/generations", "/v2/generate/video/kling/generation")
+UNIVERSAL_API_PATH = "/v2/video/generations"
+#: The legacy path; its create answers 201 (the universal one 200), as the vendor's docs say.
+LEGACY_API_PATH = "/v2/generate/video/kling/generation"
+API_PATHS: tuple[str, ...] = (UNIVERSAL_API_PATH, LEGACY_API_PATH)
 
-FAULT_ACTIONS = frozenset({"status", "drop", "drop_after_accept", "slow", "garbage"})
+#: Fault actions that process a create and then alter its answer: they only ever match creates.
+CREATE_ONLY_ACTIONS = frozenset({"drop_after_accept", "accept_without_id", "accept_unreadable"})
+#: Fault actions about the MP4 download: they only ever match the video route.
+VIDEO_ONLY_ACTIONS = frozenset({"truncate"})
+FAULT_ACTIONS = frozenset({"status", "drop", "slow", "garbage"}) | CREATE_ONLY_ACTIONS | VIDEO_ONLY_ACTIONS
 FAULT_ROUTES = frozenset({"create", "fetch", "video", "*"})
+#: The statuses of the vendor's fetch schema: what the state machine works with.
+CANONICAL_STATUSES: tuple[str, ...] = ("queued", "generating", "completed", "error")
+#: What ``legacy_statuses=True`` means: the words of older API versions.
+LEGACY_STATUS_WORDS: Mapping[str, str] = MappingProxyType({"queued": "waiting", "generating": "active"})
+#: USD per credit: the vendor's request-tracing page gives 2480 credits as $0.00124, i.e. 2,000,000
+#: credits per dollar (so a 120,000-credit generation is $0.06).
+DEFAULT_USD_PER_CREDIT = 0.0000005
 ErrorShape = Literal["detail", "name_message"]
 RenderMode = Literal["eager", "lazy", "off"]
+UsageIn = Literal["both", "create", "fetch", "none"]
+UsageField = Literal["credits_used", "tokens_used"]
+ErrorBody = Literal["documented", "live"]
 
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# An id this emulator could have issued. The vendor's tracing page: on a poll, ``x-inference-id``
+# is the id polled with, left out when it does not look like an id the API could have issued.
+_GENERATION_ID_RE = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}:kling-video/v1\.6/(?:standard|pro)/effects$"
+)
 # RFC 3986 "URI" as the schema's ``format: uri`` means it: an absolute URI (scheme ":" ...), with
 # no characters that must be percent-encoded (spaces, quotes, angle brackets...) and well-formed
 # percent escapes. Deliberately not limited to http(s): that is what the schema says.
@@ -96,16 +123,24 @@ class FaultRule:
     counts every request it matches, even when an earlier rule is the one that fires; when several
     rules fire on the same request, the first in the list wins.
 
-    :param action: ``"status"`` answer ``status`` with the JSON error envelope (create: no
+    :param action: ``"status"`` answer ``status`` with the JSON error body (create: no
         generation is made); ``"drop"`` close the connection without answering, before the request
         is processed; ``"drop_after_accept"`` (create only) process the request (a valid one creates
         and charges a generation), then close the connection without answering: the ambiguous case;
-        ``"slow"`` wait ``delay`` seconds, then answer normally; ``"garbage"`` answer 200 with an
-        HTML body instead of JSON. ``status``, ``drop`` and ``garbage`` skip the request entirely
-        (auth included): a faulted create makes no generation.
+        ``"accept_without_id"`` (create only) process the request, then, if it was accepted, answer
+        the create's 2xx with the body ``{"status": "queued"}`` (no ``id``, no ``generation_id``,
+        no ``meta``) but the usual headers, ``x-inference-id`` included; ``"accept_unreadable"``
+        (create only) the same without the ``x-inference-id`` header either (a rejected create's
+        error answer goes out unchanged with both); ``"truncate"`` (video only) answer 200 with the
+        full ``Content-Length`` but send only the first half of the MP4's bytes, then close the
+        connection (a 404 or 500 the download would get goes out unchanged); ``"slow"`` wait
+        ``delay`` seconds, then answer normally; ``"garbage"`` answer 200 with an HTML body instead
+        of JSON. ``status``, ``drop`` and ``garbage`` skip the request entirely (auth included): a
+        faulted create makes no generation.
     :param method: HTTP method to match (``GET``, ``POST``...), or ``"*"``.
     :param route: ``"create"``, ``"fetch"``, ``"video"`` (the MP4 download) or ``"*"``.
-        ``drop_after_accept`` only ever matches create requests.
+        ``drop_after_accept``, ``accept_without_id`` and ``accept_unreadable`` only ever match
+        create requests, ``truncate`` only video downloads, whatever the route says.
     :param times: how many matching requests get the fault after the skipped ones; ``-1``: forever.
     :param skip: how many matching requests to let through first.
     :param status: HTTP status for ``"status"`` (required there), e.g. 429, 500, 502, 503.
@@ -128,8 +163,10 @@ class FaultRule:
         if self.route not in FAULT_ROUTES:
             raise ValueError(f"fault route must be one of {sorted(FAULT_ROUTES)}, got {self.route!r}")
         self.method = self.method.upper()
-        if self.action == "drop_after_accept" and self.route not in ("create", "*"):
-            raise ValueError("drop_after_accept applies to the create route only")
+        if self.action in CREATE_ONLY_ACTIONS and self.route not in ("create", "*"):
+            raise ValueError(f"{self.action} applies to the create route only")
+        if self.action in VIDEO_ONLY_ACTIONS and self.route not in ("video", "*"):
+            raise ValueError(f"{self.action} applies to the video route only")
         if self.action == "status" and (self.status is None or not 100 <= self.status <= 599):
             raise ValueError(f"a 'status' fault needs an HTTP status 100-599, got {self.status!r}")
         if self.times < -1 or self.skip < 0 or self.delay < 0:
@@ -141,7 +178,9 @@ class FaultRule:
         :param method: the request's HTTP method.
         :param route: ``create``, ``fetch`` or ``video``.
         """
-        if self.action == "drop_after_accept" and route != "create":
+        if self.action in CREATE_ONLY_ACTIONS and route != "create":
+            return False
+        if self.action in VIDEO_ONLY_ACTIONS and route != "video":
             return False
         return self.method in ("*", method.upper()) and self.route in ("*", route)
 
@@ -203,7 +242,7 @@ class EmulatorConfig:
         from ``[generating_seconds, generating_seconds_max]``.
     :param seed: seed of the random generator used for that draw (reproducible runs).
     :param legacy_statuses: report ``waiting`` instead of ``queued`` and ``active`` instead of
-        ``generating``, as older API versions did.
+        ``generating``, as older API versions did (same as those two ``status_words``).
     :param error_shape: shape of the ``error`` member of failed generations: ``"detail"`` (the
         validation shape seen in practice) or ``"name_message"`` (the schema's ``{name, message}``).
     :param faults: fault-injection rules, see :class:`FaultRule` (dicts are converted with
@@ -219,6 +258,25 @@ class EmulatorConfig:
     :param image_timeout: seconds allowed to download one input image.
     :param max_image_bytes: largest input image accepted; bigger ones get the placeholder frame.
     :param max_recorded_requests: how many request records the stats keep (the oldest are dropped).
+    :param status_words: other words for the canonical statuses (``queued``, ``generating``,
+        ``completed``, ``error``) in create and fetch answers, e.g. ``{"completed": "succeeded",
+        "error": "failed"}`` (words other models of the same fetch URL use) or ``{"error":
+        "cancelled"}``; they win over ``legacy_statuses``. Only the wire changes: the state
+        machine, the video route and the stats keep the canonical words. Default: none.
+    :param usage_in: where usage is reported: ``"both"`` (default; the create answer and the
+        completed fetch answer), ``"create"``, ``"fetch"`` or ``"none"``. Reported means
+        ``meta.usage`` in the body plus the ``x-aimlapi-credits-used`` (integer) and
+        ``x-aimlapi-usd-spent`` headers. A failed generation never reports usage on fetch.
+    :param usage_field: name of the credit count in ``meta.usage``: ``"credits_used"`` (default,
+        the schema's) or ``"tokens_used"`` (older answers).
+    :param usd_per_credit: price of one credit in USD, for ``meta.usage.usd_spent`` and the
+        ``x-aimlapi-usd-spent`` header. Default ``0.0000005`` (the vendor's tracing page: 2480
+        credits = $0.00124), so a 120,000-credit generation is $0.06.
+    :param error_body: shape of HTTP error bodies: ``"documented"`` (default; the vendor's errors
+        page: ``{message, path, requestId, statusCode, timestamp}`` plus ``errors: [{path,
+        message}]`` for validation errors) or ``"live"`` (seen live: ``{title, status, message,
+        instance, requestId, timestamp, error: {name, message}}`` plus ``detail: [{loc, msg, type,
+        input}]`` for validation errors).
     """
 
     api_key: str = field(default_factory=_default_api_key)
@@ -237,6 +295,11 @@ class EmulatorConfig:
     image_timeout: float = 5.0
     max_image_bytes: int = _MAX_IMAGE_BYTES
     max_recorded_requests: int = 20_000
+    status_words: dict[str, str] = field(default_factory=dict)
+    usage_in: UsageIn = "both"
+    usage_field: UsageField = "credits_used"
+    usd_per_credit: float = DEFAULT_USD_PER_CREDIT
+    error_body: ErrorBody = "documented"
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -252,6 +315,50 @@ class EmulatorConfig:
         if self.render_concurrency < 1:
             raise ValueError("render_concurrency must be >= 1")
         self.faults = [f if isinstance(f, FaultRule) else FaultRule.from_dict(f) for f in self.faults]
+        if not isinstance(self.status_words, Mapping):
+            raise ValueError(f"status_words must be a mapping, got {type(self.status_words).__name__}")
+        self.status_words = dict(self.status_words)
+        for canonical, word in self.status_words.items():
+            if canonical not in CANONICAL_STATUSES:
+                raise ValueError(
+                    f"status_words keys must be among {list(CANONICAL_STATUSES)}, got {canonical!r}"
+                )
+            if not isinstance(word, str) or not word.strip():
+                raise ValueError(f"status_words[{canonical!r}] must be a non-empty string, got {word!r}")
+        if self.usage_in not in ("both", "create", "fetch", "none"):
+            raise ValueError(f"usage_in must be 'both', 'create', 'fetch' or 'none', got {self.usage_in!r}")
+        if self.usage_field not in ("credits_used", "tokens_used"):
+            raise ValueError(f"usage_field must be 'credits_used' or 'tokens_used', got {self.usage_field!r}")
+        if (
+            isinstance(self.usd_per_credit, bool)
+            or not isinstance(self.usd_per_credit, int | float)
+            or not math.isfinite(self.usd_per_credit)
+            or self.usd_per_credit < 0
+        ):
+            raise ValueError(f"usd_per_credit must be a number >= 0, got {self.usd_per_credit!r}")
+        if self.error_body not in ("documented", "live"):
+            raise ValueError(f"error_body must be 'documented' or 'live', got {self.error_body!r}")
+
+    def wire_status(self, status: str) -> str:
+        """The word the answers use for a canonical status (``status_words``, legacy ones, or itself).
+
+        Read at each answer, so a test may change the configuration of a running emulator.
+
+        :param status: ``queued``, ``generating``, ``completed`` or ``error``.
+        """
+        word = self.status_words.get(status)
+        if word is not None:
+            return word
+        if self.legacy_statuses:
+            return LEGACY_STATUS_WORDS.get(status, status)
+        return status
+
+    def reports_usage(self, answer: Literal["create", "fetch"]) -> bool:
+        """Whether usage goes on that answer (``usage_in``).
+
+        :param answer: ``create`` or a completed ``fetch``.
+        """
+        return self.usage_in in ("both", answer)
 
     def __repr__(self) -> str:
         # Never show the key, even in a debugger or a failing test's output.
@@ -382,23 +489,23 @@ class EmulatorState:
         return fired
 
     def status_of(self, gen: GenerationRecord, now: float | None = None) -> str:
-        """The generation's status now, in the vendor's words (legacy ones if configured).
+        """The generation's canonical status now: ``queued``, ``generating``, ``completed`` or ``error``.
+
+        Answers rename it with :meth:`EmulatorConfig.wire_status`; everything else uses this word.
 
         :param gen: the generation.
         :param now: clock time; default: read the clock.
         """
         now = self.clock() if now is None else now
-        legacy = self.config.legacy_statuses
         if now < gen.queued_until:
-            return "waiting" if legacy else "queued"
-        generating = "active" if legacy else "generating"
+            return "queued"
         if now < gen.ready_at:
-            return generating
+            return "generating"
         if gen.fails or gen.render_error:
             return "error"
         # Eager mode: the video must exist before the generation may say it is completed.
         if self.config.render == "eager" and not gen.rendered:
-            return generating
+            return "generating"
         return "completed"
 
     def record(self, entry: dict[str, Any]) -> None:
@@ -446,6 +553,8 @@ _REQUEST_ID: Any = _RequestKey("klingfx_request_id", str) if _RequestKey else "k
 _CLIENT_ID: Any = (
     _RequestKey("klingfx_client_request_id", object) if _RequestKey else "klingfx_client_request_id"
 )
+# The generation a create made, for the fault actions that rewrite the create's answer.
+_CREATED: Any = _RequestKey("klingfx_created", object) if _RequestKey else "klingfx_created"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,24 +566,73 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(frozen=True)
+class _Problem:
+    """One thing wrong with a request, for both error body shapes.
+
+    :param path: where, as the documented ``errors[].path`` says it (``image_url[1]``; ``""``: the body).
+    :param message: what is wrong (``errors[].message``; ``detail[].msg``).
+    :param loc: where, as the live ``detail[].loc`` says it (``("body", "image_url", 1)``).
+    :param input: the offending value as sent (``None`` when it is missing).
+    """
+
+    path: str
+    message: str
+    loc: tuple[str | int, ...]
+    input: Any = None
+
+
+def _exception_name(status: int) -> str:
+    # The live body names the server's exception class after the reason phrase, NestJS style:
+    # 400 BadRequestException, 404 NotFoundException, 503 ServiceUnavailableException...
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return "HttpException"
+    return re.sub(r"[^A-Za-z0-9]", "", phrase.title()) + "Exception"
+
+
 def _envelope(
     request: web.Request,
     status: int,
     message: str,
     *,
-    errors: list[dict[str, str]] | None = None,
+    problems: Sequence[_Problem] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
-    """The vendor's JSON error envelope."""
-    body: dict[str, Any] = {
-        "message": message,
-        "path": request.path,
-        "requestId": request[_REQUEST_ID],
-        "statusCode": status,
-        "timestamp": _now_iso(),
-    }
-    if errors is not None:
-        body["errors"] = errors
+    """An HTTP error answer in the configured ``error_body`` shape (every error goes through here).
+
+    ``documented``: ``{message, path, requestId, statusCode, timestamp}`` plus ``errors: [{path,
+    message}]`` when there are problems. ``live``: ``{title, status, message, instance, requestId,
+    timestamp, error: {name, message}}`` plus ``detail: [{loc, msg, type, input}]``.
+    """
+    request_id = request[_REQUEST_ID]
+    body: dict[str, Any]
+    if request.app[STATE_KEY].config.error_body == "live":
+        body = {
+            "title": _reason(status),
+            "status": status,
+            "message": message,
+            "instance": request.path,
+            "requestId": request_id,
+            "timestamp": _now_iso(),
+            "error": {"name": _exception_name(status), "message": message},
+        }
+        if problems is not None:
+            body["detail"] = [
+                {"loc": list(p.loc), "msg": p.message, "type": "value_error", "input": p.input}
+                for p in problems
+            ]
+    else:
+        body = {
+            "message": message,
+            "path": request.path,
+            "requestId": request_id,
+            "statusCode": status,
+            "timestamp": _now_iso(),
+        }
+        if problems is not None:
+            body["errors"] = [{"path": p.path, "message": p.message} for p in problems]
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -522,42 +680,56 @@ def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict
     :returns: ``(normalized, [])`` with keys model, effect_scene, image_urls (tuple), duration; or
         ``(None, errors)`` with errors as ``{"path", "message"}``.
     """
+    valid, problems = _check_create_body(body)
+    return valid, [{"path": p.path, "message": p.message} for p in problems]
+
+
+def _check_create_body(body: object) -> tuple[dict[str, Any] | None, list[_Problem]]:
+    """:func:`validate_create_body` with the offending values kept for the live error body."""
     if not isinstance(body, dict):
-        return None, [{"path": "", "message": f"body must be a JSON object, got {type(body).__name__}"}]
-    errors: list[dict[str, str]] = []
+        return None, [_Problem("", f"body must be a JSON object, got {type(body).__name__}", ("body",), body)]
+    errors: list[_Problem] = []
 
     model = body.get("model")
     if "model" not in body:
-        errors.append({"path": "model", "message": "model is required"})
+        errors.append(_Problem("model", "model is required", ("body", "model")))
     elif not isinstance(model, str) or model not in MODELS:
-        errors.append({"path": "model", "message": f"model must be one of {list(MODELS)}, got {model!r}"})
+        errors.append(
+            _Problem("model", f"model must be one of {list(MODELS)}, got {model!r}", ("body", "model"), model)
+        )
 
     scene = body.get("effect_scene")
     if "effect_scene" not in body:
-        errors.append({"path": "effect_scene", "message": "effect_scene is required"})
+        errors.append(_Problem("effect_scene", "effect_scene is required", ("body", "effect_scene")))
     elif not isinstance(scene, str) or scene not in _SCENE_SET:
         hint = ""
         if isinstance(scene, str):
             close = difflib.get_close_matches(scene, EFFECT_SCENES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
         errors.append(
-            {
-                "path": "effect_scene",
-                "message": f"effect_scene must be one of the {len(EFFECT_SCENES)} effect scenes, "
-                f"got {scene!r}{hint}",
-            }
+            _Problem(
+                "effect_scene",
+                f"effect_scene must be one of the {len(EFFECT_SCENES)} effect scenes, got {scene!r}{hint}",
+                ("body", "effect_scene"),
+                scene,
+            )
         )
 
     urls: list[str] | None = None
     raw_urls = body.get("image_url")
     if "image_url" not in body:
-        errors.append({"path": "image_url", "message": "image_url is required"})
+        errors.append(_Problem("image_url", "image_url is required", ("body", "image_url")))
     elif isinstance(raw_urls, str):
         if _URI_RE.match(raw_urls):
             urls = [raw_urls]
         else:
             errors.append(
-                {"path": "image_url", "message": f"image_url must be a URI, got {raw_urls[:200]!r}"}
+                _Problem(
+                    "image_url",
+                    f"image_url must be a URI, got {raw_urls[:200]!r}",
+                    ("body", "image_url"),
+                    raw_urls,
+                )
             )
     elif isinstance(raw_urls, list):
         bad = False
@@ -565,26 +737,35 @@ def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict
             if not isinstance(item, str) or not _URI_RE.match(item):
                 shown = item[:200] if isinstance(item, str) else item
                 errors.append(
-                    {"path": f"image_url[{i}]", "message": f"image_url[{i}] must be a URI, got {shown!r}"}
+                    _Problem(
+                        f"image_url[{i}]",
+                        f"image_url[{i}] must be a URI, got {shown!r}",
+                        ("body", "image_url", i),
+                        item,
+                    )
                 )
                 bad = True
         urls = None if bad else list(raw_urls)
     else:
         errors.append(
-            {
-                "path": "image_url",
-                "message": f"image_url must be a URI or an array of URIs, got {type(raw_urls).__name__}",
-            }
+            _Problem(
+                "image_url",
+                f"image_url must be a URI or an array of URIs, got {type(raw_urls).__name__}",
+                ("body", "image_url"),
+                raw_urls,
+            )
         )
 
     duration = body.get("duration", DURATIONS[0])
     # JSON booleans and floats are not integers for the schema, though Python would compare them.
     if isinstance(duration, bool) or not isinstance(duration, int) or duration not in DURATIONS:
         errors.append(
-            {
-                "path": "duration",
-                "message": f"duration must be one of {list(DURATIONS)} (seconds), got {duration!r}",
-            }
+            _Problem(
+                "duration",
+                f"duration must be one of {list(DURATIONS)} (seconds), got {duration!r}",
+                ("body", "duration"),
+                duration,
+            )
         )
 
     if urls is not None and isinstance(scene, str) and scene in _SCENE_SET:
@@ -592,11 +773,13 @@ def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict
         if not low <= len(urls) <= high:
             want = f"exactly {low}" if low == high else f"{low} or {high}"
             errors.append(
-                {
-                    "path": "image_url",
-                    "message": f"effect_scene {scene!r} takes {want} image URL{'s' if high > 1 else ''}, "
+                _Problem(
+                    "image_url",
+                    f"effect_scene {scene!r} takes {want} image URL{'s' if high > 1 else ''}, "
                     f"got {len(urls)}",
-                }
+                    ("body", "image_url"),
+                    raw_urls,
+                )
             )
     if errors:
         return None, errors
@@ -736,6 +919,16 @@ async def _middleware(
         elif fault.action == "slow":
             await asyncio.sleep(fault.delay)
             resp = await handler(request)
+        elif fault.action == "truncate":
+            resp = await _truncated_video(request)
+        elif fault.action in ("accept_without_id", "accept_unreadable"):
+            # Let the create happen, then answer it without a readable id.
+            resp = await handler(request)
+            gen = request.get(_CREATED)
+            if isinstance(gen, GenerationRecord):
+                resp = _create_answer(
+                    request, gen, id_in_body=False, trace_header=fault.action == "accept_without_id"
+                )
         else:  # drop_after_accept: let the create happen, then lose the answer
             await handler(request)
             resp = _drop_connection(request)
@@ -747,13 +940,20 @@ async def _middleware(
         log.exception("unhandled error answering %s %s", request.method, request.path)
         resp = _envelope(request, 500, "Internal Server Error")
     if resp.status != _DROPPED_STATUS:
-        resp.headers["x-request-id"] = request_id
-        if client_id is not None:
-            resp.headers["X-Client-Request-Id"] = client_id
+        if not resp.prepared:  # a truncated download stamped its headers before sending them
+            _stamp_headers(request, resp)
         entry["status"] = resp.status
     if observed:
         state.record(entry)
     return resp
+
+
+def _stamp_headers(request: web.Request, resp: web.StreamResponse) -> None:
+    """The headers every answer carries: ``x-request-id`` and the valid client id, echoed."""
+    resp.headers["x-request-id"] = request[_REQUEST_ID]
+    client_id = request.get(_CLIENT_ID)
+    if client_id is not None:
+        resp.headers["X-Client-Request-Id"] = client_id
 
 
 def _reason(status: int) -> str:
@@ -763,20 +963,54 @@ def _reason(status: int) -> str:
         return "Error"
 
 
+def _usage(config: EmulatorConfig, credits: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """``meta`` and the cost headers for ``credits`` (an integer count, as the vendor reports it)."""
+    usd = round(credits * config.usd_per_credit, 9)
+    meta = {"usage": {config.usage_field: credits, "usd_spent": usd}}
+    headers = {"x-aimlapi-credits-used": str(credits), "x-aimlapi-usd-spent": f"{usd:.9f}"}
+    return meta, headers
+
+
+def _create_answer(
+    request: web.Request, gen: GenerationRecord, *, id_in_body: bool = True, trace_header: bool = True
+) -> web.Response:
+    """A create's 2xx answer: 200 on the universal path, 201 on the legacy one (the vendor's docs).
+
+    :param id_in_body: ``{"id", "status"[, "meta"]}``; else only ``{"status"}`` (the id-less faults).
+    :param trace_header: send ``x-inference-id`` (the generation id).
+    """
+    config = request.app[STATE_KEY].config
+    status = config.wire_status(request.app[STATE_KEY].status_of(gen))
+    answer: dict[str, Any] = {"id": gen.id, "status": status} if id_in_body else {"status": status}
+    headers: dict[str, str] = {"x-inference-id": gen.id} if trace_header else {}
+    if config.reports_usage("create"):
+        meta, cost_headers = _usage(config, gen.credits)
+        if id_in_body:
+            answer["meta"] = meta
+        headers.update(cost_headers)
+    code = 201 if request.path == LEGACY_API_PATH else 200
+    return web.json_response(answer, status=code, headers=headers)
+
+
 async def _create(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     config = state.config
     if not _authorized(request, config.api_key):
         return _envelope(request, 401, "Unauthorized")
+    raw = await request.read()
     try:
-        body = json.loads(await request.read())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8", "replace")[:200]
         return _envelope(
-            request, 400, "Body validation error!", errors=[{"path": "", "message": "body is not valid JSON"}]
+            request,
+            400,
+            "Body validation error!",
+            problems=[_Problem("", "body is not valid JSON", ("body",), text)],
         )
-    valid, errors = validate_create_body(body)
+    valid, problems = _check_create_body(body)
     if valid is None:
-        return _envelope(request, 400, "Body validation error!", errors=errors)
+        return _envelope(request, 400, "Body validation error!", problems=problems)
     duration: int = valid["duration"]
     cost = config.credits_per_generation * duration // DURATIONS[0]
     if state.credits_remaining is not None:
@@ -810,29 +1044,47 @@ async def _create(request: web.Request) -> web.Response:
     )
     state.generations[gen_id] = gen
     state.files[gen.file_id] = gen
+    request[_CREATED] = gen
     if config.render == "eager" and not gen.fails:
         _start_render(state, gen)
-    return web.json_response({"id": gen_id, "status": state.status_of(gen, now)})
+    return _create_answer(request, gen)
 
 
 async def _fetch(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
-    if not _authorized(request, state.config.api_key):
-        return _envelope(request, 401, "Unauthorized")
+    config = state.config
     gen_id = request.query.get("generation_id", "").strip()
+    # x-inference-id on a poll is the id polled with, when it is one the API could have issued.
+    headers: dict[str, str] = {}
+    if gen_id and (gen_id in state.generations or _GENERATION_ID_RE.match(gen_id)):
+        headers["x-inference-id"] = gen_id
+    if not _authorized(request, config.api_key):
+        return _envelope(request, 401, "Unauthorized", headers=headers)
     if not gen_id:
         return _envelope(
             request,
             400,
             "Query validation error!",
-            errors=[{"path": "generation_id", "message": "generation_id is required"}],
+            problems=[
+                _Problem(
+                    "generation_id",
+                    "generation_id is required",
+                    ("query", "generation_id"),
+                    request.query.get("generation_id"),
+                )
+            ],
         )
     gen = state.generations.get(gen_id)
     if gen is None:
-        return _envelope(request, 404, "Generation not found")
+        return _envelope(request, 404, "Generation not found", headers=headers)
     status = state.status_of(gen)
-    answer: dict[str, Any] = {"id": gen.id, "status": status, "video": None, "error": None, "meta": None}
-    headers: dict[str, str] = {}
+    answer: dict[str, Any] = {
+        "id": gen.id,
+        "status": config.wire_status(status),
+        "video": None,
+        "error": None,
+        "meta": None,
+    }
     if status == "completed":
         # The URL is built from the origin the client used, so it works behind port mappings.
         answer["video"] = {
@@ -841,10 +1093,11 @@ async def _fetch(request: web.Request) -> web.Response:
             "file_name": "output.mp4",
             "file_size": _served_size(state, gen),
         }
-        answer["meta"] = {"usage": {"credits_used": gen.credits}}
-        headers["x-aimlapi-credits-used"] = str(gen.credits)
+        if config.reports_usage("fetch"):
+            answer["meta"], cost_headers = _usage(config, gen.credits)
+            headers.update(cost_headers)
     elif status == "error":
-        answer["error"] = _error_object(state.config.error_shape, gen)
+        answer["error"] = _error_object(config.error_shape, gen)
     return web.json_response(answer, headers=headers)
 
 
@@ -854,7 +1107,8 @@ def _served_size(state: EmulatorState, gen: GenerationRecord) -> int | None:
     return gen.file_size
 
 
-async def _video(request: web.Request) -> web.StreamResponse:
+async def _video_source(request: web.Request) -> bytes | Path | web.Response:
+    """What a download serves: the MP4's bytes or file, or the error answer (404, 500)."""
     state = request.app[STATE_KEY]
     gen = state.files.get(request.match_info["file_id"])
     # Like a CDN: nothing to serve until the generation is completed.
@@ -870,10 +1124,47 @@ async def _video(request: web.Request) -> web.StreamResponse:
         if gen.render_error:
             return _envelope(request, 500, "Internal Server Error")
         if gen.video_path is not None:
-            return web.FileResponse(gen.video_path, headers={"Content-Type": "video/mp4"})
+            return gen.video_path
         data = gen.video
     assert data is not None
-    return web.Response(body=data, content_type="video/mp4")
+    return data
+
+
+async def _video(request: web.Request) -> web.StreamResponse:
+    source = await _video_source(request)
+    if isinstance(source, web.Response):
+        return source
+    if isinstance(source, Path):
+        return web.FileResponse(source, headers={"Content-Type": "video/mp4"})
+    return web.Response(body=source, content_type="video/mp4")
+
+
+async def _truncated_video(request: web.Request) -> web.StreamResponse:
+    """The ``truncate`` fault: announce the whole MP4, send its first half, close the connection.
+
+    The client gets the status line and headers (``Content-Length`` of the full file), then
+    ``len // 2`` bytes of the body, then the end of the connection: a short read, as when a CDN
+    stream breaks. Error answers (not completed, render failed) and ``HEAD`` go out as usual.
+    """
+    source = await _video_source(request)
+    if isinstance(source, web.Response):
+        return source
+    if isinstance(source, Path):
+        state = request.app[STATE_KEY]
+        source = await asyncio.get_running_loop().run_in_executor(state.executor, source.read_bytes)
+    if request.method == "HEAD":
+        return web.Response(body=source, content_type="video/mp4")
+    resp = web.StreamResponse(status=200, headers={"Content-Type": "video/mp4"})
+    resp.content_length = len(source)
+    _stamp_headers(request, resp)
+    await resp.prepare(request)
+    await resp.write(source[: len(source) // 2])
+    # Closing (not aborting) the transport flushes what was written, then ends the connection.
+    request.protocol.force_close()
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return resp
 
 
 async def _sample(request: web.Request) -> web.Response:
@@ -908,7 +1199,7 @@ async def _set_faults(request: web.Request) -> web.Response:
         rules = [FaultRule.from_dict(r) for r in raw]
     except (ValueError, KeyError, UnicodeDecodeError) as exc:
         return _envelope(
-            request, 400, "Body validation error!", errors=[{"path": "rules", "message": str(exc)}]
+            request, 400, "Body validation error!", problems=[_Problem("rules", str(exc), ("body", "rules"))]
         )
     state.set_faults(rules)
     return web.json_response({"rules": [r.to_dict() for r in rules]})
@@ -1158,6 +1449,26 @@ def run_emulator_in_thread(
     thread.start()
     runner, bound = started.result(startup_timeout)
     return RunningEmulator(format_url(host, bound), app[STATE_KEY], loop, thread, runner)
+
+
+def parse_status_words(raw: Sequence[str]) -> dict[str, str]:
+    """Parse ``--status-word STATUS=WORD`` strings into ``status_words`` (a later one wins).
+
+    :param raw: the strings, e.g. ``["completed=succeeded", "error=failed"]``.
+    :raises ValueError: on a string without ``=``, an unknown status or an empty word.
+    """
+    words: dict[str, str] = {}
+    for text in raw:
+        status, sep, word = text.partition("=")
+        status, word = status.strip(), word.strip()
+        if not sep or not word:
+            raise ValueError(f"--status-word must look like STATUS=WORD, got {text!r}")
+        if status not in CANONICAL_STATUSES:
+            raise ValueError(
+                f"--status-word STATUS must be one of {list(CANONICAL_STATUSES)}, got {status!r}"
+            )
+        words[status] = word
+    return words
 
 
 def iter_fault_rules(raw: Sequence[str]) -> Iterator[FaultRule]:

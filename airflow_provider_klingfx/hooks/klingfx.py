@@ -2,13 +2,14 @@
 
 Sync methods use a pooled ``requests`` session (the worker path); their ``a``-prefixed twins use
 ``aiohttp`` (the triggerer path). Both call the same pure pieces in ``_api`` (URLs, headers, bodies,
-parsing, error mapping) and the same retry policy, and both return domain objects, never raw
-responses.
+parsing, error mapping, the transport-failure table) and the same retry policy, and both return
+domain objects, never raw responses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 from airflow.sdk import BaseHook
 
 from airflow_provider_klingfx import _api
+from airflow_provider_klingfx._compat import AirflowNotFoundException
 from airflow_provider_klingfx._polling import GenerationWatch
 from airflow_provider_klingfx._retry import RetryPolicy
 from airflow_provider_klingfx.domain import (
@@ -24,24 +26,16 @@ from airflow_provider_klingfx.domain import (
     Generation,
     KlingFxAuthError,
     KlingFxConnectionConfigError,
+    KlingFxConnectionLookupError,
     KlingFxError,
     KlingFxTimeoutError,
-    KlingFxTransportError,
+    Submission,
+    redact_urls,
 )
 
 if TYPE_CHECKING:
     import aiohttp
     import requests
-    import yarl
-
-
-def _mask(secret: str) -> None:
-    """Register the key with Airflow's log masker, as a second line of defence (we never log it)."""
-    try:
-        from airflow.sdk.log import mask_secret
-    except ImportError:  # pragma: no cover - Airflow without the task SDK's log module
-        return
-    mask_secret(secret)
 
 
 def _airflow_at_least(major: int, minor: int) -> bool:
@@ -55,13 +49,82 @@ def _airflow_at_least(major: int, minor: int) -> bool:
 _DECLARATIVE_CONNECTION_FORMS = _airflow_at_least(3, 2)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and what it wraps: requests and urllib3 nest the real reason in args and ``reason``."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 16:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = [getattr(current, "reason", None), current.__cause__, current.__context__, *current.args]
+        todo.extend(n for n in nested if isinstance(n, BaseException))
+
+
+def requests_transport_kind(exc: Exception) -> _api.TransportKind:
+    """The :data:`~airflow_provider_klingfx._api.TRANSPORT_KINDS` entry of a ``requests`` failure.
+
+    :param exc: what ``requests`` raised.
+    """
+    import requests
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+
+    causes = list(_causes(exc))
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return "proxy"
+    if isinstance(exc, requests.exceptions.SSLError):
+        # urllib3 wraps TLS errors of the handshake and of a later read alike; an EOF or a reset
+        # may come after the request was sent, everything else (certificate, protocol version,
+        # handshake alerts) can only happen before it.
+        mid_stream = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+        return "lost" if any(isinstance(c, mid_stream) for c in causes) else "tls"
+    if any(isinstance(c, NameResolutionError) for c in causes):
+        return "dns"
+    # urllib3's NewConnectionError subclasses ConnectTimeoutError; requests tells them apart.
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect_timeout"
+    if any(isinstance(c, NewConnectionError) for c in causes):
+        return "refused"
+    if any(isinstance(c, ConnectTimeoutError) for c in causes):
+        return "connect_timeout"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "read_timeout"
+    return "lost"
+
+
+def aiohttp_transport_kind(exc: BaseException) -> _api.TransportKind:
+    """The :data:`~airflow_provider_klingfx._api.TRANSPORT_KINDS` entry of an ``aiohttp`` failure.
+
+    :param exc: what ``aiohttp`` raised (a ``ClientError`` or a timeout).
+    """
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientProxyConnectionError | aiohttp.ClientHttpProxyError):
+        return "proxy"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientConnectorSSLError):
+        return "tls"
+    if isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())):
+        return "dns"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "refused"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connect_timeout"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "read_timeout"
+    return "lost"
+
+
 class KlingFxHook(BaseHook):
     """Talks to the AI/ML API for the Kling v1.6 effects models.
 
-    Connection (type ``klingfx``): *Base URL* (host; default ``https://api.aimlapi.com``), *API key*
-    (password), and extras: ``endpoint``, ``universal`` (``/v2/video/generations``, default) or
-    ``legacy`` (``/v2/generate/video/kling/generation``); ``connect_timeout`` and ``read_timeout``;
-    ``poll_schedule``, ``fixed`` (default) or ``adaptive``, with ``expected_seconds``.
+    Connection (type ``klingfx``): *Base URL* (host; default ``https://api.aimlapi.com``), *Port*
+    (when the Base URL names none), *API key* (password), and extras: ``endpoint``, ``universal``
+    (``/v2/video/generations``, default) or ``legacy`` (``/v2/generate/video/kling/generation``);
+    ``connect_timeout`` and ``read_timeout``; ``poll_schedule``, ``fixed`` (default) or
+    ``adaptive``, with ``expected_seconds``. Proxies come from the usual environment variables
+    (``HTTPS_PROXY``, ``NO_PROXY``) on both the worker and the triggerer.
 
     :param klingfx_conn_id: the Airflow connection to use.
     :param connect_timeout: seconds to open a connection (default: the connection's extra
@@ -71,6 +134,7 @@ class KlingFxHook(BaseHook):
     :param retry_policy: how transient failures of one call are retried.
     :param sleep: sync sleep used between retries and polls (tests inject a recorder).
     :param async_sleep: async sleep used between retries (tests inject a recorder).
+    :param clock: epoch clock that deadlines are read against (tests inject one).
     """
 
     conn_name_attr = "klingfx_conn_id"
@@ -87,6 +151,7 @@ class KlingFxHook(BaseHook):
         retry_policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         async_sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.time,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,18 +161,42 @@ class KlingFxHook(BaseHook):
         self.retry_policy = retry_policy or RetryPolicy()
         self._sleep = sleep
         self._async_sleep = async_sleep
+        self._clock = clock
         self._settings: _api.ApiSettings | None = None
         self._session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
-        self._async_timeout: aiohttp.ClientTimeout | None = None
-        self._fetch_target: tuple[str, yarl.URL] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
 
     if not _DECLARATIVE_CONNECTION_FORMS:
-        # Airflow 3.1 reads the form only from the hook (and only with wtforms installed, e.g. by the
-        # FAB provider); 3.2+ reads provider info and warns if the hook defines this, hence the guard.
+        # Airflow 3.1 builds the form from the hook (the UI stands in for wtforms and Flask-AppBuilder
+        # when they are not installed); 3.2+ reads provider info and warns if the hook defines these.
+        @classmethod
+        def get_connection_form_widgets(cls) -> dict[str, Any]:
+            """Connection form fields for Airflow 3.1, the same as the provider info declares."""
+            from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
+            from flask_babel import lazy_gettext
+            from wtforms import StringField
+            from wtforms.validators import Optional, any_of
+
+            from airflow_provider_klingfx.get_provider_info import get_provider_info
+
+            fields = get_provider_info()["connection-types"][0]["conn-fields"]
+            widgets = {}
+            for name, spec in fields.items():
+                validators: list[Any] = [Optional()]
+                if "enum" in spec["schema"]:
+                    validators.append(any_of(spec["schema"]["enum"]))
+                widgets[name] = StringField(
+                    lazy_gettext(spec["label"]),
+                    widget=BS3TextFieldWidget(),
+                    validators=validators,
+                    description=spec["description"],
+                    default=str(spec["schema"]["default"]),
+                )
+            return widgets
+
         @classmethod
         def get_ui_field_behaviour(cls) -> dict[str, Any]:
             """Connection form behaviour for Airflow 3.1, the same as the provider info declares."""
@@ -123,26 +212,35 @@ class KlingFxHook(BaseHook):
     # -- connection -------------------------------------------------------------------------
 
     def _settings_from(self, conn: Any) -> _api.ApiSettings:
-        settings = _api.settings_from_connection(
-            self.klingfx_conn_id, conn.host, conn.schema, conn.password, conn.extra_dejson
+        # Airflow masks the connection's password in logs as it hands the connection out.
+        return _api.settings_from_connection(
+            self.klingfx_conn_id, conn.host, conn.schema, conn.password, conn.extra_dejson, conn.port
         )
-        _mask(settings.api_key.reveal())
-        return settings
 
-    def _missing(self, exc: Exception) -> KlingFxConnectionConfigError:
-        return KlingFxConnectionConfigError(
-            f"connection {self.klingfx_conn_id!r} is not defined: create a connection of type 'klingfx' "
-            f"(Admin > Connections, or AIRFLOW_CONN_{self.klingfx_conn_id.upper()}) ({type(exc).__name__})"
+    def _lookup_failed(self, exc: Exception) -> KlingFxError:
+        """Only "not found" is a configuration error; anything else is a hiccup worth retrying."""
+        if isinstance(exc, AirflowNotFoundException):
+            return KlingFxConnectionConfigError(
+                f"connection {self.klingfx_conn_id!r} is not defined: create a connection of type "
+                f"'klingfx' (Admin > Connections, or AIRFLOW_CONN_{self.klingfx_conn_id.upper()})"
+            )
+        return KlingFxConnectionLookupError(
+            f"could not read connection {self.klingfx_conn_id!r}: {type(exc).__name__}: "
+            f"{redact_urls(str(exc))[:200]}"
         )
 
     @property
     def settings(self) -> _api.ApiSettings:
-        """The validated connection settings, read once per hook."""
+        """The validated connection settings, read once per hook.
+
+        :raises KlingFxConnectionConfigError: the connection is missing or unusable.
+        :raises KlingFxConnectionLookupError: reading it failed for another reason (retryable).
+        """
         if self._settings is None:
             try:
                 conn = self.get_connection(self.klingfx_conn_id)
-            except Exception as exc:  # Airflow raises AirflowNotFoundException, or a 404 from the API
-                raise self._missing(exc) from None
+            except Exception as exc:
+                raise self._lookup_failed(exc) from None
             self._settings = self._settings_from(conn)
         return self._settings
 
@@ -152,7 +250,7 @@ class KlingFxHook(BaseHook):
             try:
                 conn = await self.aget_connection(self.klingfx_conn_id)
             except Exception as exc:
-                raise self._missing(exc) from None
+                raise self._lookup_failed(exc) from None
             self._settings = self._settings_from(conn)
         return self._settings
 
@@ -165,6 +263,14 @@ class KlingFxHook(BaseHook):
     def read_timeout(self) -> float:
         """Seconds to wait for an answer: the hook's argument, else the connection's."""
         return self._read_timeout if self._read_timeout is not None else self.settings.read_timeout
+
+    def _timeouts(self, deadline: float | None) -> tuple[float, float, float | None]:
+        """(connect, read, total) seconds for one attempt, none of them reaching past ``deadline``."""
+        connect, read = self.connect_timeout, self.read_timeout
+        if deadline is None:
+            return connect, read, None
+        left = max(0.05, deadline - self._clock())
+        return min(connect, left), min(read, left), left
 
     # -- sync I/O ---------------------------------------------------------------------------
 
@@ -182,40 +288,31 @@ class KlingFxHook(BaseHook):
             self._session = session
         return self._session
 
-    def _transport_error(self, exc: Exception, method: str, path: str) -> KlingFxTransportError:
-        """Map a ``requests`` failure to a typed error that says whether the API may have seen it."""
-        import requests
-        from urllib3.exceptions import ConnectTimeoutError, NewConnectionError
-
-        if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return KlingFxTransportError(f"{method} {path}: connect timeout", reached_server=False)
-        if isinstance(exc, requests.exceptions.ConnectionError):
-            reason = getattr(exc.args[0] if exc.args else None, "reason", None)
-            if isinstance(reason, NewConnectionError | ConnectTimeoutError):
-                return KlingFxTransportError(f"{method} {path}: could not connect", reached_server=False)
-            return KlingFxTransportError(f"{method} {path}: connection lost", reached_server=True)
-        if isinstance(exc, requests.exceptions.Timeout):
-            return KlingFxTransportError(
-                f"{method} {path}: no answer within {self.read_timeout:g}s", reached_server=True
-            )
-        return KlingFxTransportError(f"{method} {path}: {type(exc).__name__}", reached_server=True)
-
     def _send(
-        self, method: _api.Method, url: str, path: str, headers: dict[str, str], body: Any
+        self,
+        method: _api.Method,
+        url: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        deadline: float | None,
     ) -> tuple[Any, Mapping[str, str]]:
         import requests
 
+        connect, read, _ = self._timeouts(deadline)
         try:
             resp = self.get_conn().request(
                 method,
                 url,
                 json=body,
                 headers=headers,
-                timeout=(self.connect_timeout, self.read_timeout),
+                timeout=(connect, read),
                 allow_redirects=False,
             )
         except requests.exceptions.RequestException as exc:
-            raise self._transport_error(exc, method, path) from None
+            raise _api.transport_error(
+                requests_transport_kind(exc), method, path, type(exc).__name__
+            ) from None
         return _api.parse_answer(
             resp.status_code, resp.content, resp.headers, method=method, path=path
         ), resp.headers
@@ -228,46 +325,48 @@ class KlingFxHook(BaseHook):
         *,
         body: Any = None,
         client_request_id: str | None = None,
+        deadline: float | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
+        retrying = self.retry_policy.retrying(
+            idempotent=method == "GET",
+            what=f"{method} {settings.path}",
+            sleep=self._sleep,
+            logger=self.log,
+            deadline=deadline,
+            clock=self._clock,
+        )
         try:
-            return self.retry_policy.call(
-                lambda: self._send(method, url, settings.path, headers, body),
-                idempotent=method == "GET",
-                what=f"{method} {settings.path}",
-                sleep=self._sleep,
-                logger=self.log,
-            )
+            return retrying(self._send, method, url, settings.path, headers, body, deadline)
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
             raise
 
-    def submit(self, request: EffectRequest, *, client_request_id: str | None = None) -> str:
-        """Create a generation and return its id. Never sends the create twice unless it provably
-        did not reach the API (see :func:`airflow_provider_klingfx._api.is_safe_to_resubmit`).
+    def submit(self, request: EffectRequest, *, client_request_id: str | None = None) -> Submission:
+        """Create a generation. Never sends the create twice unless it provably did not reach the API
+        (see :func:`airflow_provider_klingfx._api.is_safe_to_resubmit`).
 
         :param request: the validated request.
         :param client_request_id: sent as ``X-Client-Request-Id`` to trace the submission.
-        :raises KlingFxAmbiguousSubmissionError: when it may have been created despite the error.
+        :returns: the new generation's id, and its cost when the API reports it.
+        :raises KlingFxAmbiguousSubmissionError: when it may have been created despite the error,
+            or when the API accepted it but its answer names no generation.
         """
         settings = self.settings
-        payload, _ = self._call(
-            "POST",
-            settings.create_url,
-            settings,
-            body=request.to_body(),
-            client_request_id=client_request_id,
+        payload, headers = self._call(
+            "POST", settings.create_url, settings, body=request.to_body(), client_request_id=client_request_id
         )
-        return _api.parse_submission(payload)
+        return _api.parse_submission(payload, headers)
 
-    def get_generation(self, generation_id: str) -> Generation:
+    def get_generation(self, generation_id: str, *, deadline: float | None = None) -> Generation:
         """Fetch a generation's current state.
 
         :param generation_id: the vendor's generation id.
+        :param deadline: epoch seconds; retries and request timeouts never reach past it.
         """
         settings = self.settings
-        payload, headers = self._call("GET", settings.fetch_url(generation_id), settings)
+        payload, headers = self._call("GET", settings.fetch_url(generation_id), settings, deadline=deadline)
         return Generation.from_api(payload, headers)
 
     def wait_for_generation(
@@ -277,7 +376,7 @@ class KlingFxHook(BaseHook):
         timeout: float = 1800.0,
         *,
         submitted_at: float | None = None,
-        clock: Callable[[], float] = time.time,
+        started_at: float | None = None,
     ) -> Generation:
         """Poll until the generation completes, on this thread (the non-deferrable path).
 
@@ -286,35 +385,37 @@ class KlingFxHook(BaseHook):
 
         :param generation_id: the vendor's generation id.
         :param poll_interval: seconds between polls.
-        :param timeout: seconds from ``submitted_at`` (default: now) to give up.
-        :param submitted_at: epoch seconds of submission.
-        :param clock: epoch clock (tests inject a fake one).
+        :param timeout: seconds from ``started_at`` to give up.
+        :param submitted_at: epoch seconds of submission (elapsed time and the adaptive schedule
+            count from it; default: now).
+        :param started_at: epoch seconds the wait started (default: now).
         :raises KlingFxGenerationFailedError: when the vendor fails it.
         :raises KlingFxTimeoutError: when the deadline passes.
         """
-        start = clock() if submitted_at is None else submitted_at
+        now = self._clock()
+        start = now if started_at is None else started_at
         watch = GenerationWatch(
             generation_id,
             deadline=start + timeout,
             poll_interval=poll_interval,
-            submitted_at=start,
+            submitted_at=now if submitted_at is None else submitted_at,
             schedule=self.settings.poll_schedule,
             expected_seconds=self.settings.expected_seconds,
         )
         while True:
             result: Generation | KlingFxError
             try:
-                result = self.get_generation(generation_id)
+                result = self.get_generation(generation_id, deadline=watch.deadline)
             except KlingFxError as exc:
                 result = exc
-            step = watch.observe(result, clock())
+            step = watch.observe(result, self._clock())
             for level, message in step.messages:
                 self.log.log(level, message)
             if step.finished is not None:
                 step.finished.raise_for_failure()
                 return step.finished
             if step.timed_out:
-                raise KlingFxTimeoutError(generation_id, clock() - start, watch.last_status)
+                raise KlingFxTimeoutError(generation_id, watch.elapsed(self._clock()), watch.last_status)
             self._sleep(step.sleep)
 
     def iter_video(self, url: str, *, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -342,7 +443,9 @@ class KlingFxHook(BaseHook):
                     )
                 yield from resp.iter_content(chunk_size)
         except requests.exceptions.RequestException as exc:
-            raise self._transport_error(exc, "GET", path) from None
+            raise _api.transport_error(
+                requests_transport_kind(exc), "GET", path, type(exc).__name__
+            ) from None
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with a fetch of a generation that cannot exist: no paid call is made."""
@@ -381,99 +484,78 @@ class KlingFxHook(BaseHook):
             self._async_session = _session_pool.acquire()
         return self._async_session
 
-    @property
-    def _request_timeout(self) -> aiohttp.ClientTimeout:
-        # Built once per hook: the session is shared, so each request carries its hook's timeouts.
-        if self._async_timeout is None:
-            import aiohttp
-
-            self._async_timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-            )
-        return self._async_timeout
-
     async def _asend(
-        self, method: _api.Method, url: str | yarl.URL, path: str, headers: dict[str, str], body: Any
-    ) -> Any:
+        self,
+        method: _api.Method,
+        url: str,
+        path: str,
+        headers: dict[str, str],
+        body: Any,
+        deadline: float | None,
+    ) -> tuple[Any, Mapping[str, str]]:
         import aiohttp
 
         session = await self.aget_conn()
+        connect, read, total = self._timeouts(deadline)
+        # Per request, as the session is shared; ``total`` also bounds the wait for a pooled connection.
+        timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
         try:
             async with session.request(
-                method,
-                url,
-                json=body,
-                headers=headers,
-                allow_redirects=False,
-                timeout=self._request_timeout,
+                method, url, json=body, headers=headers, allow_redirects=False, timeout=timeout
             ) as resp:
                 raw = await resp.read()
                 return _api.parse_answer(
                     resp.status, raw, resp.headers, method=method, path=path
                 ), resp.headers
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise KlingFxTransportError(
-                f"{method} {path}: could not connect ({type(exc).__name__})", reached_server=False
-            ) from None
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise KlingFxTransportError(
-                f"{method} {path}: no answer within {self.read_timeout:.0f}s", reached_server=True
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise KlingFxTransportError(
-                f"{method} {path}: connection lost ({type(exc).__name__})", reached_server=True
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _api.transport_error(
+                aiohttp_transport_kind(exc), method, path, type(exc).__name__
             ) from None
 
     async def _acall(
         self,
         method: _api.Method,
-        url: str | yarl.URL,
+        url: str,
         settings: _api.ApiSettings,
         *,
         body: Any = None,
         client_request_id: str | None = None,
+        deadline: float | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
+        retrying = self.retry_policy.async_retrying(
+            idempotent=method == "GET",
+            what=f"{method} {settings.path}",
+            sleep=self._async_sleep,
+            logger=self.log,
+            deadline=deadline,
+            clock=self._clock,
+        )
         try:
-            return await self.retry_policy.acall(
-                lambda: self._asend(method, url, settings.path, headers, body),
-                idempotent=method == "GET",
-                what=f"{method} {settings.path}",
-                sleep=self._async_sleep,
-                logger=self.log,
-            )
+            return await retrying(self._asend, method, url, settings.path, headers, body, deadline)
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
             raise
 
-    async def asubmit(self, request: EffectRequest, *, client_request_id: str | None = None) -> str:
+    async def asubmit(self, request: EffectRequest, *, client_request_id: str | None = None) -> Submission:
         """Async twin of :meth:`submit`."""
         settings = await self.aget_settings()
-        payload, _ = await self._acall(
-            "POST",
-            settings.create_url,
-            settings,
-            body=request.to_body(),
-            client_request_id=client_request_id,
+        payload, headers = await self._acall(
+            "POST", settings.create_url, settings, body=request.to_body(), client_request_id=client_request_id
         )
-        return _api.parse_submission(payload)
+        return _api.parse_submission(payload, headers)
 
-    async def aget_generation(self, generation_id: str) -> Generation:
+    async def aget_generation(self, generation_id: str, *, deadline: float | None = None) -> Generation:
         """Async twin of :meth:`get_generation`.
 
         :param generation_id: the vendor's generation id.
+        :param deadline: epoch seconds; retries and request timeouts never reach past it.
         """
         settings = await self.aget_settings()
-        # A trigger fetches the same URL every poll: build it once, already percent-encoded, so
-        # neither we nor aiohttp quote and parse it again (a triggerer makes ~500 polls a second).
-        cached = self._fetch_target
-        if cached is None or cached[0] != generation_id:
-            import yarl
-
-            cached = (generation_id, yarl.URL(settings.fetch_url(generation_id), encoded=True))
-            self._fetch_target = cached
-        payload, headers = await self._acall("GET", cached[1], settings)
+        payload, headers = await self._acall(
+            "GET", settings.fetch_url(generation_id), settings, deadline=deadline
+        )
         return Generation.from_api(payload, headers)
 
     async def aclose(self) -> None:

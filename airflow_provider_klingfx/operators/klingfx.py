@@ -7,17 +7,22 @@ aiohttp, tenacity) and the trigger are imported only when a task runs.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator, BaseOperatorLink
 
+from airflow_provider_klingfx._compat import (
+    AirflowFailException,
+    AirflowSkipException,
+    AirflowTaskTimeout,
+)
 from airflow_provider_klingfx.domain import (
     DEFAULT_DURATION,
     STANDARD_EFFECTS_MODEL,
     EffectRequest,
-    Generation,
     GenerationError,
     KlingFxAPIError,
     KlingFxAuthError,
@@ -25,11 +30,13 @@ from airflow_provider_klingfx.domain import (
     KlingFxError,
     KlingFxGenerationFailedError,
     KlingFxInvalidInputError,
+    KlingFxRetryWouldResubmitError,
     KlingFxTimeoutError,
     Usage,
     Video,
     abandoned_notice,
     client_request_id,
+    merge_usage,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +77,7 @@ def _seconds(value: float | timedelta) -> float:
 
 
 def _task_state_store(context: Context) -> Any:
-    # Airflow 3.3+ only; absent on 3.1/3.2, where a task retry submits a new (paid) generation.
+    # Airflow 3.3+ only; absent on 3.1/3.2, where a retry cannot find what an earlier try paid for.
     return context.get("task_state_store")  # type: ignore[call-overload]
 
 
@@ -87,8 +94,7 @@ def raise_for_event(event: dict[str, Any] | None) -> tuple[str, Video, Usage | N
     status = event.get("status")
     gen_id = str(event.get("generation_id", "?"))
     if status == "success":
-        usage = event.get("usage")
-        return gen_id, Video.from_dict(event["video"]), Usage(**usage) if isinstance(usage, dict) else None
+        return gen_id, Video.from_dict(event["video"]), Usage.from_dict(event.get("usage"))
     if status == "timeout":
         raise KlingFxTimeoutError(gen_id, float(event.get("waited_seconds") or 0.0), event.get("last_status"))
     if status == "error":
@@ -218,15 +224,27 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1), getattr(ti, "try_number", 1)
         )
 
-    def _reattach(self, context: Context, hook: KlingFxHook) -> str | None:
-        """On a retry, find a generation a previous try submitted that is worth waiting for."""
+    def _reattach(self, context: Context, hook: KlingFxHook, request: EffectRequest) -> dict[str, Any] | None:
+        """Find a generation an earlier try (or run before a clear) submitted for the same request.
+
+        Airflow 3.3+ keeps ``task_state_store`` across retries and clears of a task instance. The
+        stored generation is reused only if it was made from the same request (same fingerprint)
+        and is still running or done; otherwise a new one is submitted, and the log says why.
+
+        :returns: the stored record (``generation_id``, ``submitted_at``, ``usage``), or None.
+        """
         store = _task_state_store(context)
-        if store is None:
-            return None
-        stored = store.get(STATE_STORE_KEY)
+        stored = store.get(STATE_STORE_KEY) if store is not None else None
         if not isinstance(stored, dict) or not stored.get("generation_id"):
             return None
         gen_id = str(stored["generation_id"])
+        if stored.get("request") != request.fingerprint():
+            self.log.info(
+                "Not reusing generation %s from an earlier try: the request changed since (scene, "
+                "photos, duration or model); submitting a new generation",
+                gen_id,
+            )
+            return None
         try:
             generation = hook.get_generation(gen_id)
         except KlingFxAPIError as exc:
@@ -249,69 +267,125 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             gen_id,
             generation.status,
         )
-        return gen_id
+        return stored
+
+    def _submit(self, context: Context, hook: KlingFxHook, request: EffectRequest) -> dict[str, Any]:
+        trace_id = self._client_request_id(context)
+        self.log.info(
+            "Submitting %s %s (%ss) with %d image(s); X-Client-Request-Id %s",
+            request.model,
+            request.effect_scene,
+            request.duration,
+            len(request.image_urls),
+            trace_id,
+        )
+        submission = hook.submit(request, client_request_id=trace_id)
+        self.log.info("Submitted generation %s", submission.id)
+        record = {
+            "generation_id": submission.id,
+            "submitted_at": time.time(),
+            "request": request.fingerprint(),
+            "usage": submission.usage.to_dict() if submission.usage else None,
+        }
+        store = _task_state_store(context)
+        if store is not None:
+            store.set(STATE_STORE_KEY, record)
+        return record
 
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
         request = EffectRequest.build(self.effect_scene, self.image_urls, self.duration, self.model)
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
-        gen_id = self._reattach(context, hook)
-        if gen_id is None:
-            trace_id = self._client_request_id(context)
-            self.log.info(
-                "Submitting %s %s (%ss) with %d image(s); X-Client-Request-Id %s",
-                request.model,
-                request.effect_scene,
-                request.duration,
-                len(request.image_urls),
-                trace_id,
-            )
-            gen_id = hook.submit(request, client_request_id=trace_id)
-            self.log.info("Submitted generation %s", gen_id)
-            store = _task_state_store(context)
-            if store is not None:
-                store.set(STATE_STORE_KEY, {"generation_id": gen_id, "submitted_at": time.time()})
+        record = self._reattach(context, hook, request) or self._submit(context, hook, request)
+        gen_id = str(record["generation_id"])
         self._generation_id = gen_id
-        submitted_at = time.time()
-        ti = context["ti"]
-        ti.xcom_push(key=XCOM_GENERATION_ID, value=gen_id)
-        # The extra link is evaluated after a run that ends by deferring too; clear what it reads so
-        # it never shows a previous try's video.
-        ti.xcom_push(key=XCOM_VIDEO, value=None)
-        if not self.deferrable:
-            generation = hook.wait_for_generation(
-                gen_id, poll_interval=self.poll_interval, timeout=self.timeout, submitted_at=submitted_at
-            )
-            return self._complete(context, generation)
-        from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
+        with self._paid_generation(context, gen_id):
+            started_at = time.time()
+            submitted_at = float(record.get("submitted_at") or started_at)
+            submission_usage = Usage.from_dict(record.get("usage"))
+            ti = context["ti"]
+            ti.xcom_push(key=XCOM_GENERATION_ID, value=gen_id)
+            # The extra link is evaluated after a run that ends by deferring too; clear what it reads
+            # so it never shows a previous try's video.
+            ti.xcom_push(key=XCOM_VIDEO, value=None)
+            if not self.deferrable:
+                generation = hook.wait_for_generation(
+                    gen_id,
+                    poll_interval=self.poll_interval,
+                    timeout=self.timeout,
+                    submitted_at=submitted_at,
+                    started_at=started_at,
+                )
+                generation.raise_for_failure()
+                assert generation.video is not None  # a done generation always carries a video
+                return self._deliver(
+                    context, gen_id, generation.video, merge_usage(submission_usage, generation.usage)
+                )
+            from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
 
-        self.defer(
-            trigger=KlingFxGenerationTrigger(
-                generation_id=gen_id,
-                deadline=submitted_at + self.timeout,
-                klingfx_conn_id=self.klingfx_conn_id,
-                poll_interval=self.poll_interval,
-                submitted_at=submitted_at,
-            ),
-            method_name="execute_complete",
-            timeout=timedelta(seconds=self.timeout) + DEFER_TIMEOUT_GRACE,
-        )
+            self.defer(
+                trigger=KlingFxGenerationTrigger(
+                    generation_id=gen_id,
+                    deadline=started_at + self.timeout,
+                    klingfx_conn_id=self.klingfx_conn_id,
+                    poll_interval=self.poll_interval,
+                    submitted_at=submitted_at,
+                    usage=record.get("usage"),
+                ),
+                method_name="execute_complete",
+                timeout=timedelta(seconds=self.timeout) + DEFER_TIMEOUT_GRACE,
+            )
         raise AssertionError("defer() raises")  # pragma: no cover
+
+    @contextmanager
+    def _paid_generation(self, context: Context, generation_id: str | None) -> Iterator[None]:
+        """Wrap what happens after a paid submission: on Airflow 3.1/3.2 no failure may be retried.
+
+        There a task retry cannot find the generation an earlier try paid for (no
+        ``task_state_store``) and would submit a new one, so a failure Airflow would retry (a
+        timeout, a download error, an API error, ``execution_timeout``, the trigger's own failure)
+        fails the task without retries, naming the generation. On 3.3+ failures pass unchanged: the
+        retry reattaches for free.
+
+        :param context: the task's context.
+        :param generation_id: the paid generation, when known.
+        """
+        try:
+            yield
+        except (Exception, AirflowTaskTimeout) as exc:
+            retryable = not isinstance(exc, AirflowFailException | AirflowSkipException)
+            if not retryable or generation_id is None or _task_state_store(context) is not None:
+                raise
+            if isinstance(exc, AirflowTaskTimeout):
+                self.on_kill()  # Airflow calls it for the timeout it sees; it will see this error instead
+            raise KlingFxRetryWouldResubmitError(generation_id, exc) from exc
 
     def on_kill(self) -> None:
         """Killed while polling on the worker (``execution_timeout``, marked failed): say what is left."""
         if self._generation_id:
             self.log.warning(abandoned_notice(self._generation_id))
 
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Context) -> Any:
+        """Resume after deferral, under the same no-second-payment rule as :meth:`execute`.
+
+        Airflow itself may resume the task to fail it (its defer timeout, or the trigger crashed);
+        that failure is retryable, so on Airflow 3.1/3.2 it too must not lead to a new submission.
+        The generation id comes from the event, else from this try's XCom, pushed before deferring.
+        """
+        event = (next_kwargs or {}).get("event")
+        gen_id = event.get("generation_id") if isinstance(event, dict) else None
+        if gen_id is None:
+            ti = context["ti"]
+            gen_id = ti.xcom_pull(
+                task_ids=ti.task_id, key=XCOM_GENERATION_ID, map_indexes=getattr(ti, "map_index", -1)
+            )
+        with self._paid_generation(context, str(gen_id) if gen_id else None):
+            return super().resume_execution(next_method, next_kwargs, context)
+
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: return the video URL, or raise the typed error the event names."""
         return self._deliver(context, *raise_for_event(event))
-
-    def _complete(self, context: Context, generation: Generation) -> str:
-        generation.raise_for_failure()
-        assert generation.video is not None  # a completed generation always carries a video
-        return self._deliver(context, generation.id, generation.video, generation.usage)
 
     def _deliver(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
         url = self._push_result(context, generation_id, video, usage)

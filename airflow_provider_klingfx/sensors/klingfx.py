@@ -5,10 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseSensorOperator
 
+from airflow_provider_klingfx._compat import AirflowSensorTimeout
+from airflow_provider_klingfx.domain import Generation, KlingFxError, KlingFxTimeoutError
 from airflow_provider_klingfx.operators.klingfx import (
     DEFER_TIMEOUT_GRACE,
     KlingFxResultMixin,
@@ -17,9 +20,18 @@ from airflow_provider_klingfx.operators.klingfx import (
 )
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
+    from airflow.sdk import Context, PokeReturnValue
 
+    from airflow_provider_klingfx._polling import GenerationWatch
     from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+
+
+class KlingFxSensorTimeout(KlingFxTimeoutError, AirflowSensorTimeout):
+    """The sensor's ``timeout`` passed before the generation finished.
+
+    An :class:`~airflow.sdk.exceptions.AirflowSensorTimeout`, so Airflow treats it as every sensor
+    timeout: no retries, and ``soft_fail=True`` skips the task instead.
+    """
 
 
 class KlingFxGenerationSensor(KlingFxResultMixin, BaseSensorOperator):
@@ -27,7 +39,9 @@ class KlingFxGenerationSensor(KlingFxResultMixin, BaseSensorOperator):
 
     Same XComs as :class:`~airflow_provider_klingfx.operators.klingfx.KlingFxEffectOperator`
     (``return_value`` = video URL, ``video``, ``usage``). Useful to re-fetch a finished generation
-    (e.g. after a download failed) without paying for a new one.
+    (e.g. after a download failed) without paying for a new one. Both modes follow the operator's
+    rules: the same status words, transient API errors waited out rather than failing the task,
+    and ``timeout`` ending in :class:`KlingFxSensorTimeout`.
 
     :param generation_id: the vendor's generation id. Templated, e.g.
         ``"{{ ti.xcom_pull(task_ids='submit', key='generation_id') }}"``.
@@ -55,10 +69,11 @@ class KlingFxGenerationSensor(KlingFxResultMixin, BaseSensorOperator):
         self.klingfx_conn_id = klingfx_conn_id
         self.deferrable = deferrable
         self.poll_interval = float(poll_interval)
+        self._watch: GenerationWatch | None = None
 
-    @property
+    @cached_property
     def hook(self) -> KlingFxHook:
-        """A hook on this sensor's connection."""
+        """The hook on this sensor's connection, one for all pokes (its connection read once)."""
         from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 
         return KlingFxHook(self.klingfx_conn_id)
@@ -82,19 +97,36 @@ class KlingFxGenerationSensor(KlingFxResultMixin, BaseSensorOperator):
             timeout=timedelta(seconds=timeout) + DEFER_TIMEOUT_GRACE,
         )
 
-    def poke(self, context: Context) -> Any:
-        """One status check: False while pending; the URL once completed; raises if it failed."""
+    def poke(self, context: Context) -> bool | PokeReturnValue:
+        """One status check through the same watch as the trigger: False while pending (or while the
+        API has a transient failure); the URL once done; raises if the vendor failed it."""
         from airflow.sdk import PokeReturnValue
 
-        generation = self.hook.get_generation(self.generation_id)
-        if generation.is_pending:
-            self.log.info("Generation %s is %s", generation.id, generation.status)
-            return False
-        generation.raise_for_failure()
-        assert generation.video is not None
-        url = self._push_result(context, generation.id, generation.video, generation.usage)
+        from airflow_provider_klingfx._polling import GenerationWatch
+
+        now = time.time()
+        if self._watch is None:
+            self._watch = GenerationWatch(
+                self.generation_id, deadline=now + float(self.timeout), poll_interval=self.poke_interval
+            )
+        result: Generation | KlingFxError
+        try:
+            result = self.hook.get_generation(self.generation_id, deadline=self._watch.deadline)
+        except KlingFxError as exc:
+            result = exc
+        step = self._watch.observe(result, time.time())  # raises what waiting cannot fix
+        for level, message in step.messages:
+            self.log.log(level, message)
+        if step.finished is None:
+            return False  # Airflow's own timeout ends the poking with AirflowSensorTimeout
+        step.finished.raise_for_failure()
+        assert step.finished.video is not None
+        url = self._push_result(context, step.finished.id, step.finished.video, step.finished.usage)
         return PokeReturnValue(is_done=True, xcom_value=url)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: return the URL or raise the event's typed error."""
-        return self._push_result(context, *raise_for_event(event))
+        try:
+            return self._push_result(context, *raise_for_event(event))
+        except KlingFxTimeoutError as exc:
+            raise KlingFxSensorTimeout(exc.generation_id, exc.waited_seconds, exc.last_status) from None

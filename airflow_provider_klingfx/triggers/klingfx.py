@@ -9,14 +9,17 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from airflow_provider_klingfx._polling import GenerationWatch
+from airflow_provider_klingfx._polling import MIN_POLL_INTERVAL, GenerationWatch
 from airflow_provider_klingfx.domain import (
     Generation,
     KlingFxAPIError,
     KlingFxAuthError,
     KlingFxConnectionConfigError,
+    KlingFxConnectionLookupError,
     KlingFxError,
+    Usage,
     abandoned_notice,
+    merge_usage,
 )
 
 #: ``status`` values of the one event the trigger yields.
@@ -61,13 +64,19 @@ class KlingFxGenerationTrigger(BaseTrigger):
 
     The event is a small JSON dict: ``{"status": "success", "generation_id", "video", "usage"}``,
     ``{"status": "error", "generation_id", "error_kind", "message", ...}`` or
-    ``{"status": "timeout", "generation_id", "waited_seconds", "last_status"}``.
+    ``{"status": "timeout", "generation_id", "waited_seconds", "last_status", "last_error"}``.
+
+    A connection read that fails for another reason than "not found" (a secrets backend that
+    cannot start) is tried again every ``poll_interval`` until the deadline: the generation is
+    already paid for. Each poll, retries included, is cut at the deadline.
 
     :param generation_id: the vendor's generation id.
     :param klingfx_conn_id: the Airflow connection to read the key from.
     :param poll_interval: seconds between polls.
     :param deadline: epoch seconds after which the wait ends with a timeout event.
     :param submitted_at: epoch seconds of the submission, to report elapsed time.
+    :param usage: what the create answer said the generation costs (``Usage.to_dict()``); the
+        success event's usage is this, updated with whatever the status answers report.
     :param sleep: async sleep between polls (tests inject one; not serialized).
     :param clock: epoch clock (tests inject one; not serialized).
     """
@@ -79,6 +88,7 @@ class KlingFxGenerationTrigger(BaseTrigger):
         klingfx_conn_id: str = "klingfx_default",
         poll_interval: float = 10.0,
         submitted_at: float | None = None,
+        usage: dict[str, Any] | None = None,
         *,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         clock: Callable[[], float] | None = None,
@@ -89,6 +99,7 @@ class KlingFxGenerationTrigger(BaseTrigger):
         self.klingfx_conn_id = klingfx_conn_id
         self.poll_interval = float(poll_interval)
         self.submitted_at = submitted_at
+        self.usage = usage
         self._sleep = sleep or asyncio.sleep
         self._clock = clock or time.time
 
@@ -102,6 +113,7 @@ class KlingFxGenerationTrigger(BaseTrigger):
                 "klingfx_conn_id": self.klingfx_conn_id,
                 "poll_interval": self.poll_interval,
                 "submitted_at": self.submitted_at,
+                "usage": self.usage,
             },
         )
 
@@ -115,36 +127,69 @@ class KlingFxGenerationTrigger(BaseTrigger):
         # Imported here: the trigger module is also imported by the DAG processor via the operator.
         from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 
-        return KlingFxHook(self.klingfx_conn_id, async_sleep=self._sleep)
+        return KlingFxHook(self.klingfx_conn_id, async_sleep=self._sleep, clock=self._clock)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         """Poll until a terminal status or the deadline, then yield exactly one event."""
         hook = self._make_hook()
         try:
-            try:
-                settings = await hook.aget_settings()
-            except KlingFxError as exc:
-                self.log.error("Generation %s: %s", self.generation_id, exc)
-                event = error_event(self.generation_id, exc)
-            else:
-                watch = GenerationWatch(
-                    self.generation_id,
-                    deadline=self.deadline,
-                    poll_interval=self.poll_interval,
-                    submitted_at=self.submitted_at,
-                    schedule=settings.poll_schedule,
-                    expected_seconds=settings.expected_seconds,
-                )
-                event = await self._poll(hook, watch)
+            event = await self._settings_then_poll(hook)
         finally:
             await hook.aclose()
         yield TriggerEvent(event)
+
+    async def _settings_then_poll(self, hook: Any) -> dict[str, Any]:
+        # A paid generation is at stake: a connection read that hiccups (a secrets backend, Airflow's
+        # API) is tried again until the deadline; only a missing or unusable connection ends the wait.
+        failures = 0
+        while True:
+            try:
+                settings = await hook.aget_settings()
+                break
+            except KlingFxConnectionLookupError as exc:
+                failures += 1
+                now = self._clock()
+                if now >= self.deadline:
+                    waited = now - self.submitted_at if self.submitted_at is not None else 0.0
+                    return self._timeout_event(waited, None, str(exc))
+                wait = max(MIN_POLL_INTERVAL, min(self.poll_interval, self.deadline - now))
+                self.log.warning(
+                    "Generation %s: %s (%d in a row); trying again in %.0fs",
+                    self.generation_id,
+                    exc,
+                    failures,
+                    wait,
+                )
+                await self._sleep(wait)
+            except KlingFxError as exc:
+                self.log.error("Generation %s: %s", self.generation_id, exc)
+                return error_event(self.generation_id, exc)
+        watch = GenerationWatch(
+            self.generation_id,
+            deadline=self.deadline,
+            poll_interval=self.poll_interval,
+            submitted_at=self.submitted_at,
+            schedule=settings.poll_schedule,
+            expected_seconds=settings.expected_seconds,
+        )
+        return await self._poll(hook, watch)
+
+    def _timeout_event(
+        self, waited: float, last_status: str | None, last_error: str | None
+    ) -> dict[str, Any]:
+        return {
+            "status": EVENT_TIMEOUT,
+            "generation_id": self.generation_id,
+            "waited_seconds": round(max(0.0, waited), 3),
+            "last_status": last_status,
+            "last_error": last_error,
+        }
 
     async def _poll(self, hook: Any, watch: GenerationWatch) -> dict[str, Any]:
         while True:
             result: Generation | KlingFxError
             try:
-                result = await hook.aget_generation(self.generation_id)
+                result = await hook.aget_generation(self.generation_id, deadline=watch.deadline)
             except KlingFxError as exc:
                 result = exc
             now = self._clock()
@@ -158,13 +203,11 @@ class KlingFxGenerationTrigger(BaseTrigger):
             if step.finished is not None:
                 return self._finished_event(step.finished, watch, now)
             if step.timed_out:
-                return {
-                    "status": EVENT_TIMEOUT,
-                    "generation_id": self.generation_id,
-                    "waited_seconds": round(watch.elapsed(now), 3),
-                    "last_status": watch.last_status,
-                    "last_error": watch.last_error if watch.consecutive_failures else None,
-                }
+                return self._timeout_event(
+                    watch.elapsed(now),
+                    watch.last_status,
+                    watch.last_error if watch.consecutive_failures else None,
+                )
             await self._sleep(step.sleep)
 
     def _finished_event(self, gen: Generation, watch: GenerationWatch, now: float) -> dict[str, Any]:
@@ -174,11 +217,12 @@ class KlingFxGenerationTrigger(BaseTrigger):
             "polls": watch.polls,
         }
         if gen.is_completed and gen.video is not None:
+            usage = merge_usage(Usage.from_dict(self.usage), gen.usage)
             return {
                 "status": EVENT_SUCCESS,
                 **common,
                 "video": gen.video.to_dict(),
-                "usage": gen.usage.to_dict() if gen.usage else None,
+                "usage": usage.to_dict() if usage else None,
             }
         error = gen.error
         return {

@@ -1,13 +1,15 @@
-"""DAGs used only by the test-suite: the non-deferrable path of the examples' scenes."""
+"""DAGs used only by the test-suite: the non-deferrable path, retries after a paid submission, the
+sensor in both modes."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG, Param, task
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+from airflow_provider_klingfx.sensors.klingfx import KlingFxGenerationSensor
 
 with DAG(
     dag_id="test_klingfx_not_deferrable",
@@ -32,16 +34,69 @@ with DAG(
     params={"photo": Param("https://example.invalid/p.png", type="string")},
 ):
     # A timeout shorter than the generation: each try times out until the generation completes.
-    # On Airflow 3.3+ the retries reattach to the first try's generation instead of paying again.
+    # On Airflow 3.3+ the retries reattach to the first try's generation instead of paying again; on
+    # 3.1/3.2 the first timeout fails the task without retries, naming the paid generation.
     KlingFxEffectOperator(
         task_id="squish",
         effect_scene="squish",
         image_urls="{{ params.photo }}",
         poll_interval=0.2,
         timeout=1,
-        retries=6,
+        retries=2,
         retry_delay=timedelta(seconds=0.5),
     )
+
+with DAG(
+    dag_id="test_klingfx_retries_after_payment",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "photo": Param("https://example.invalid/p.png", type="string"),
+        "output_path": Param("", type="string"),
+    },
+):
+    # Whatever fails after the submission (a download, the poll, the connection), a retry may not
+    # pay again: on 3.3+ it reattaches, before 3.3 the task fails without retries.
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        poll_interval=0.2,
+        output_path="{{ params.output_path }}",
+        retries=2,
+        retry_delay=timedelta(seconds=0.5),
+    )
+
+with DAG(
+    dag_id="test_klingfx_sensor",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"photo": Param("https://example.invalid/p.png", type="string")},
+):
+
+    @task
+    def submit(params: dict | None = None) -> str:
+        """A generation submitted outside the operator, as a script or another system would."""
+        from airflow_provider_klingfx.domain import EffectRequest
+        from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+
+        return KlingFxHook().submit(EffectRequest.build("squish", (params or {})["photo"])).id
+
+    generation_id = submit()
+    # Poking first, so that it is the one meeting the test's burst of API errors.
+    waits = [
+        KlingFxGenerationSensor(
+            task_id=f"wait_{mode}",
+            generation_id=generation_id,
+            deferrable=mode == "deferred",
+            poll_interval=0.2,
+            timeout=60,
+        )
+        for mode in ("poke", "deferred")
+    ]
+    waits[0] >> waits[1]
 
 with DAG(
     dag_id="test_klingfx_missing_connection",

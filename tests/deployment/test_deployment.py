@@ -183,6 +183,54 @@ def kill_a_polling_worker(deployment: Deployment, emulator) -> dict:
     }
 
 
+def change_the_scene_and_clear(deployment: Deployment, emulator) -> dict:
+    """Run, clear with the same inputs, change the scene, clear again: what was paid and delivered."""
+    emulator.reset()
+    deployment.cli("variables", "set", "klingfx_test_scene", "squish")
+    deployment.cli("dags", "unpause", "test_klingfx_clear")
+    conf = {"photo": f"{emulator.url}/samples/person-2.png"}
+    deployment.cli("dags", "trigger", "test_klingfx_clear", "-c", json.dumps(conf))
+
+    def finished(try_number: int) -> bool:
+        rows = deployment.query(
+            "SELECT state, try_number FROM task_instance WHERE dag_id = 'test_klingfx_clear'"
+        )
+        return bool(rows) and rows[0][0] in {"success", "failed"} and rows[0][1] >= try_number
+
+    def video() -> str:
+        (value,) = deployment.query(
+            "SELECT value FROM xcom WHERE dag_id = 'test_klingfx_clear' AND key = 'return_value'"
+        )[0]
+        return str(json.loads(value))
+
+    def scenes() -> list[str]:
+        return emulator.call(lambda: [g.effect_scene for g in emulator.state.generations.values()])
+
+    deployment.wait_for("the first run", lambda: finished(1), 180)
+    first = video()
+    deployment.cli("tasks", "clear", "test_klingfx_clear", "-t", "effect", "-y")
+    deployment.wait_for("the run cleared with the same inputs", lambda: finished(2), 180)
+    same = video()
+    submissions_after_same = emulator.stats()["submissions"]
+    deployment.cli("variables", "set", "klingfx_test_scene", "expansion")
+    deployment.cli("tasks", "clear", "test_klingfx_clear", "-t", "effect", "-y")
+    deployment.wait_for("the run cleared with a new scene", lambda: finished(3), 180)
+    (state,) = deployment.query("SELECT state FROM task_instance WHERE dag_id = 'test_klingfx_clear'")[0]
+    logs = "".join(
+        p.read_text(errors="replace")
+        for p in (deployment.home / "logs" / "dag_id=test_klingfx_clear").rglob("*")
+        if p.is_file()
+    )
+    return {
+        "state": state,
+        "videos": [first, same, video()],
+        "submissions_after_same_inputs": submissions_after_same,
+        "submissions": emulator.stats()["submissions"],
+        "scenes": scenes(),
+        "changed_request_logged": "the request changed since" in logs,
+    }
+
+
 def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_path, record_property):
     started = time.monotonic()
     config = EmulatorConfig(
@@ -295,6 +343,7 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
             ]
             stats = emulator.stats()
             worker_death = kill_a_polling_worker(deployment, emulator)
+            cleared = change_the_scene_and_clear(deployment, emulator)
         finally:
             deployment.stop_all()
 
@@ -309,6 +358,9 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
     summary += (
         f"\nworker death: tries={worker_death['tries']} paid_submissions={worker_death['submissions']} "
         f"final_state={worker_death['state']} reattached={worker_death['reattached']}"
+        f"\nclear: submissions after a clear with the same inputs="
+        f"{cleared['submissions_after_same_inputs']}, after a clear with a new scene="
+        f"{cleared['submissions']} scenes={cleared['scenes']}"
     )
     print(summary)
     record_property("summary", summary)
@@ -326,6 +378,18 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
         assert (worker_death["submissions"], worker_death["reattached"]) == (1, True)
     else:
         assert (worker_death["submissions"], worker_death["reattached"]) == (2, False)
+    # Clearing a task: with the same inputs, 3.3+ reattaches to the stored generation (same video, no
+    # payment); with a changed scene it submits the new request and delivers a new video.
+    assert cleared["state"] == "success", cleared
+    first, same, changed = cleared["videos"]
+    assert changed not in (first, same)
+    assert cleared["scenes"][-1] == "expansion"
+    if airflow_version() >= (3, 3):
+        assert (cleared["submissions_after_same_inputs"], same) == (1, first), cleared
+        assert cleared["scenes"] == ["squish", "expansion"]
+        assert cleared["changed_request_logged"], cleared
+    else:
+        assert cleared["scenes"] == ["squish", "squish", "expansion"], cleared
     leaks = []
     for path in home.rglob("*"):
         if path.is_file() and API_KEY.encode() in path.read_bytes():

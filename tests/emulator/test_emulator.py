@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,7 +45,7 @@ from airflow_provider_klingfx.emulator import (
     create_app,
     run_emulator_in_thread,
 )
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
+from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args, main
 from airflow_provider_klingfx.emulator.app import iter_fault_rules, validate_create_body
 from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
 
@@ -54,9 +55,9 @@ CREATE_PATH = "/v2/video/generations"
 LEGACY_PATH = "/v2/generate/video/kling/generation"
 STANDARD = "klingai/kling-video-v1.6-standard-effects"
 PRO = "klingai/kling-video-v1.6-pro-effects"
-# CI clones the repo beside a copy of shared/, so the vendor contract is at ../shared from the root.
 REPO_ROOT = Path(__file__).parents[2]
-OPENAPI_PATH = REPO_ROOT.parent / "shared" / "aimlapi" / "kling-v1.6-effects.openapi.json"
+# The vendor's contract, copied into the repo (tests/contract/README.md says from where).
+OPENAPI_PATH = REPO_ROOT / "tests" / "contract" / "kling-v1.6-effects.openapi.json"
 
 
 class FakeClock:
@@ -109,8 +110,6 @@ class VendorSchemas:
 
 @pytest.fixture(scope="session")
 def vendor_schemas() -> VendorSchemas:
-    if not OPENAPI_PATH.is_file():
-        pytest.skip(f"vendor contract not found at {OPENAPI_PATH} (CI puts shared/ beside the clone)")
     doc = json.loads(OPENAPI_PATH.read_text())
     path = doc["paths"]["/v2/video/generations"]
     create = path["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -144,7 +143,7 @@ class Emu:
 
     async def submit(self, body: dict[str, Any] | None = None, *, path: str = CREATE_PATH) -> str:
         resp = await self.create(body or self.body(), path=path)
-        assert resp.status == 200, await resp.text()
+        assert resp.status == (201 if path == LEGACY_PATH else 200), await resp.text()
         return str((await resp.json())["id"])
 
     async def fetch(
@@ -398,6 +397,8 @@ async def test_create_validation_agrees_with_vendor_schema(
         tier = "pro" if body["model"] == PRO else "standard"
         assert answer["id"].endswith(f":kling-video/v1.6/{tier}/effects")
         assert emu.state.generations[answer["id"]].duration == body.get("duration", 5)
+        credits = 120_000 * body.get("duration", 5) // 5
+        assert answer["meta"] == {"usage": {"credits_used": credits, "usd_spent": credits / 2_000_000}}
     else:
         assert resp.status == 400
         _assert_envelope(answer, 400, CREATE_PATH, resp)
@@ -472,8 +473,9 @@ async def test_state_machine_to_completed_matches_fetch_schema(
             assert "x-aimlapi-credits-used" not in resp.headers
     assert seen == ["queued", "queued", "generating", "generating", "completed"]
     assert answer["error"] is None
-    assert answer["meta"] == {"usage": {"credits_used": 240_000}}  # 10 s costs double
+    assert answer["meta"] == {"usage": {"credits_used": 240_000, "usd_spent": 0.12}}  # 10 s costs double
     assert resp.headers["x-aimlapi-credits-used"] == "240000"
+    assert resp.headers["x-aimlapi-usd-spent"] == "0.120000000"
     video = answer["video"]
     assert video["content_type"] == "video/mp4"
     assert video["file_name"] == "output.mp4"
@@ -858,6 +860,9 @@ def test_fault_rule_parsing() -> None:
         {"action": "status"},  # no status
         {"action": "drop", "route": "everywhere"},
         {"action": "drop_after_accept", "route": "fetch"},
+        {"action": "accept_without_id", "route": "fetch"},
+        {"action": "accept_unreadable", "route": "video"},
+        {"action": "truncate", "route": "create"},
         {"action": "drop", "bogus": 1},
         {"action": "drop", "times": "x"},
         {"route": "create"},
@@ -1027,7 +1032,8 @@ def test_cli_prints_one_line_and_serves(tmp_path: Path) -> None:
     fault = json.dumps({"action": "status", "route": "create", "status": 503, "retry_after": 1})
     proc = subprocess.Popen(
         [sys.executable, "-m", "airflow_provider_klingfx.emulator", "--port", "0", "--fault", fault,
-         "--queued-seconds", "0", "--generating-seconds", "0", "--render", "off"],
+         "--queued-seconds", "0", "--generating-seconds", "0", "--render", "off",
+         "--error-body", "live", "--status-word", "completed=succeeded", "--usage-in", "create"],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -1039,10 +1045,20 @@ def test_cli_prints_one_line_and_serves(tmp_path: Path) -> None:
         assert line.startswith("KLINGFX EMULATOR LISTENING http://127.0.0.1:"), line
         url = line.split()[-1]
         body = {"model": STANDARD, "effect_scene": "squish", "image_url": "https://example.com/a.png"}
-        status, headers, _ = _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")
+        status, headers, raw = _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")
         assert status == 503
         assert headers["Retry-After"] == "1"
-        assert _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")[0] == 200
+        assert json.loads(raw)["title"] == "Service Unavailable"  # --error-body live
+        status, headers, raw = _http("POST", f"{url}{CREATE_PATH}", body, key="cli-secret-key")
+        assert status == 200
+        assert headers["x-aimlapi-credits-used"] == "120000"  # --usage-in create
+        gen_id = json.loads(raw)["id"]
+        status, headers, raw = _http(
+            "GET", f"{url}{CREATE_PATH}?generation_id={quote(gen_id, safe='')}", key="cli-secret-key"
+        )
+        assert json.loads(raw)["status"] == "succeeded"  # --status-word completed=succeeded
+        assert json.loads(raw)["meta"] is None
+        assert headers["x-inference-id"] == gen_id
         assert _http("GET", f"{url}/health")[0] == 200
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -1051,3 +1067,582 @@ def test_cli_prints_one_line_and_serves(tmp_path: Path) -> None:
     assert out == ""  # nothing after the LISTENING line: logs go to stderr
     assert "POST /v2/video/generations" in err  # the access log
     assert "cli-secret-key" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Status words
+# ---------------------------------------------------------------------------------------------
+
+# (config, two-person scene with a no-face photo, wire words of queued/generating/the end)
+_STATUS_WORDS: dict[str, tuple[dict[str, Any], bool, list[str]]] = {
+    "canonical-default": ({}, False, ["queued", "generating", "completed"]),
+    "canonical-error": ({}, True, ["queued", "generating", "error"]),
+    "succeeded": (
+        {"status_words": {"completed": "succeeded", "error": "failed"}},
+        False,
+        ["queued", "generating", "succeeded"],
+    ),
+    "failed": (
+        {"status_words": {"completed": "succeeded", "error": "failed"}},
+        True,
+        ["queued", "generating", "failed"],
+    ),
+    "cancelled": ({"status_words": {"error": "cancelled"}}, True, ["queued", "generating", "cancelled"]),
+    "legacy": ({"legacy_statuses": True}, False, ["waiting", "active", "completed"]),
+    "explicit-words-win-over-legacy": (
+        {"legacy_statuses": True, "status_words": {"queued": "pending", "completed": "succeeded"}},
+        False,
+        ["pending", "active", "succeeded"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("config", "noface", "words"), list(_STATUS_WORDS.values()), ids=list(_STATUS_WORDS))
+async def test_status_words_rename_only_the_wire(
+    make_emulator: MakeEmu, config: dict[str, Any], noface: bool, words: list[str]
+) -> None:
+    emu = await make_emulator(**config)
+    images = [emu.url("/samples/person-1.png"), emu.url("/samples/landscape-noface.png")]
+    body = emu.body("hug", images) if noface else emu.body()
+    resp = await emu.create(body)
+    assert resp.status == 200
+    created = await resp.json()
+    assert created["status"] == words[0]
+    gen_id = created["id"]
+    seen = [(await emu.fetch_json(gen_id))["status"]]
+    emu.clock.advance(1.5)
+    seen.append((await emu.fetch_json(gen_id))["status"])
+    assert (await emu.stats())["generations"] == {gen_id: "generating"}  # canonical, whatever the wire says
+    emu.clock.advance(10)
+    answer = await emu.fetch_json(gen_id)
+    seen.append(answer["status"])
+    assert seen == words
+    canonical = "error" if noface else "completed"
+    assert emu.state.status_of(emu.state.generations[gen_id]) == canonical
+    assert (await emu.stats())["generations"] == {gen_id: canonical}
+    if noface:
+        assert answer["video"] is None
+        assert answer["meta"] is None
+        assert answer["error"]["detail"][0]["type"] == "face_detection_error"
+    else:
+        assert answer["error"] is None
+        assert answer["meta"]["usage"]["credits_used"] == 120_000
+        async with emu.client.session.get(answer["video"]["url"]) as got:  # served, whatever the word
+            assert got.status == 200
+            assert await got.read() == emu.state.tiny_video
+
+
+async def test_status_words_follow_a_running_emulators_config(emu: Emu) -> None:
+    # Tests of the hook flip the configuration of a running emulator; answers follow at once.
+    gen_id = await emu.submit()
+    assert (await emu.fetch_json(gen_id))["status"] == "queued"
+    emu.state.config.legacy_statuses = True
+    assert (await emu.fetch_json(gen_id))["status"] == "waiting"
+    emu.state.config.status_words = {"queued": "pending"}
+    assert (await emu.fetch_json(gen_id))["status"] == "pending"
+
+
+@pytest.mark.parametrize(
+    "words",
+    [{"done": "finished"}, {"completed": ""}, {"error": "  "}, {"completed": 1}, ["completed"]],
+    ids=["unknown-status", "empty-word", "blank-word", "word-not-a-string", "not-a-mapping"],
+)
+def test_status_words_are_validated(words: Any) -> None:
+    with pytest.raises(ValueError, match="status_words"):
+        EmulatorConfig(status_words=words)
+
+
+# ---------------------------------------------------------------------------------------------
+# Usage where the vendor reports it
+# ---------------------------------------------------------------------------------------------
+
+# (config, usage on the create answer, on the completed fetch answer, credit field, USD per 5 s video)
+_USAGE: dict[str, tuple[dict[str, Any], bool, bool, str, float]] = {
+    "default-both": ({}, True, True, "credits_used", 0.06),
+    "create-only": ({"usage_in": "create"}, True, False, "credits_used", 0.06),
+    "fetch-only": ({"usage_in": "fetch"}, False, True, "credits_used", 0.06),
+    "none": ({"usage_in": "none"}, False, False, "credits_used", 0.06),
+    "tokens_used-both": ({"usage_field": "tokens_used"}, True, True, "tokens_used", 0.06),
+    "tokens_used-create": (
+        {"usage_in": "create", "usage_field": "tokens_used"},
+        True,
+        False,
+        "tokens_used",
+        0.06,
+    ),
+    "usd-per-credit": ({"usd_per_credit": 0.25 / 120_000}, True, True, "credits_used", 0.25),
+}
+
+
+def _assert_usage(
+    resp: aiohttp.ClientResponse, answer: dict[str, Any], reported: bool, field: str, usd: float
+) -> None:
+    if not reported:
+        assert "x-aimlapi-credits-used" not in resp.headers
+        assert "x-aimlapi-usd-spent" not in resp.headers
+        return
+    assert answer["meta"] == {"usage": {field: 120_000, "usd_spent": usd}}
+    # An integer count, not 120000.0 (bool is an int subclass, but JSON would not decode to one).
+    assert isinstance(answer["meta"]["usage"][field], int)
+    assert resp.headers["x-aimlapi-credits-used"] == "120000"
+    assert float(resp.headers["x-aimlapi-usd-spent"]) == pytest.approx(usd, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("config", "on_create", "on_fetch", "field", "usd"), list(_USAGE.values()), ids=list(_USAGE)
+)
+async def test_usage_in_create_and_fetch_answers(
+    make_emulator: MakeEmu,
+    config: dict[str, Any],
+    on_create: bool,
+    on_fetch: bool,
+    field: str,
+    usd: float,
+) -> None:
+    emu = await make_emulator(**config)
+    resp = await emu.create(emu.body())
+    created = await resp.json()
+    _assert_usage(resp, created, on_create, field, usd)
+    if not on_create:
+        assert set(created) == {"id", "status"}
+    resp = await emu.fetch(created["id"])  # queued: no usage yet, whatever the setting
+    assert (await resp.json())["meta"] is None
+    _assert_usage(resp, {}, False, field, usd)
+    emu.clock.advance(10)
+    resp = await emu.fetch(created["id"])
+    answer = await resp.json()
+    assert answer["status"] == "completed"
+    _assert_usage(resp, answer, on_fetch, field, usd)
+    if not on_fetch:
+        assert answer["meta"] is None
+
+
+async def test_usage_is_integer_credits_and_usd_per_duration(emu: Emu) -> None:
+    resp = await emu.create(emu.body(duration=10))
+    assert resp.headers["x-aimlapi-credits-used"] == "240000"
+    assert resp.headers["x-aimlapi-usd-spent"] == "0.120000000"  # the format of the vendor's example
+    assert (await resp.json())["meta"]["usage"] == {"credits_used": 240_000, "usd_spent": 0.12}
+
+
+async def test_failed_generation_reports_no_usage_on_fetch(emu: Emu) -> None:
+    images = [emu.url("/samples/person-1.png"), emu.url("/samples/landscape-noface.png")]
+    gen_id = await emu.submit(emu.body("kiss", images))
+    emu.clock.advance(10)
+    resp = await emu.fetch(gen_id)
+    answer = await resp.json()
+    assert answer["status"] == "error"
+    assert answer["meta"] is None
+    assert "x-aimlapi-credits-used" not in resp.headers
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"usage_in": "sometimes"},
+        {"usage_field": "credits"},
+        {"usd_per_credit": -1.0},
+        {"usd_per_credit": "x"},
+    ],
+    ids=["usage_in", "usage_field", "negative-price", "price-not-a-number"],
+)
+def test_usage_settings_are_validated(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        EmulatorConfig(**bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing headers and create status codes
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "code"), [(CREATE_PATH, 200), (LEGACY_PATH, 201)], ids=["universal", "legacy"]
+)
+async def test_create_status_and_inference_id(emu: Emu, path: str, code: int) -> None:
+    resp = await emu.create(emu.body(), path=path, headers={"X-Client-Request-Id": "run-1"})
+    assert resp.status == code
+    gen_id = (await resp.json())["id"]
+    assert resp.headers["x-inference-id"] == gen_id
+    assert resp.headers["X-Client-Request-Id"] == "run-1"
+    resp = await emu.fetch(gen_id, path=path)
+    assert resp.status == 200
+    assert resp.headers["x-inference-id"] == gen_id
+
+
+_UNKNOWN_ID = "00000000-0000-4000-8000-000000000000:kling-video/v1.6/pro/effects"
+
+
+# request -> (expected status, whether x-inference-id is the polled id)
+_TRACED_ERRORS: dict[str, tuple[int, bool]] = {
+    "fetch-known-id-bad-key": (401, True),
+    "fetch-well-formed-unknown-id": (404, True),
+    "fetch-malformed-id": (404, False),
+    "fetch-missing-id": (400, False),
+    "create-invalid-body": (400, False),
+    "create-bad-key": (401, False),
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "traced"),
+    [(case, *expected) for case, expected in _TRACED_ERRORS.items()],
+    ids=list(_TRACED_ERRORS),
+)
+async def test_inference_id_on_error_answers(emu: Emu, case: str, status: int, traced: bool) -> None:
+    gen_id = await emu.submit()
+    polled: str | None = None
+    if case == "fetch-known-id-bad-key":
+        polled = gen_id
+        resp = await emu.client.get(CREATE_PATH, params={"generation_id": gen_id}, headers={})
+    elif case == "fetch-well-formed-unknown-id":
+        polled = _UNKNOWN_ID
+        resp = await emu.fetch(_UNKNOWN_ID)
+    elif case == "fetch-malformed-id":
+        resp = await emu.fetch("nope")
+    elif case == "fetch-missing-id":
+        resp = await emu.client.get(CREATE_PATH, headers=AUTH)
+    elif case == "create-invalid-body":
+        resp = await emu.create({"model": STANDARD})
+    else:
+        resp = await emu.client.post(CREATE_PATH, json=emu.body())
+    assert resp.status == status
+    if traced:
+        assert resp.headers["x-inference-id"] == polled
+    else:
+        assert "x-inference-id" not in resp.headers
+    assert resp.headers["x-request-id"] == (await resp.json())["requestId"]
+
+
+# ---------------------------------------------------------------------------------------------
+# A 2xx create answer without a readable id
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("action", "header_kept"),
+    [("accept_without_id", True), ("accept_unreadable", False)],
+    ids=["accept_without_id", "accept_unreadable"],
+)
+async def test_create_accepted_without_a_readable_id(
+    make_emulator: MakeEmu, action: str, header_kept: bool
+) -> None:
+    # route "*": for these actions it means create requests only.
+    emu = await make_emulator(faults=[FaultRule(action)])
+    resp = await emu.create(emu.body(), headers={"X-Client-Request-Id": "idless-1"})
+    assert resp.status == 200
+    assert await resp.json() == {"status": "queued"}
+    assert emu.state.submissions == 1  # accepted and paid for
+    assert emu.state.credits_spent == 120_000
+    (gen_id,) = emu.state.generations
+    assert emu.state.generations[gen_id].client_request_id == "idless-1"
+    assert resp.headers["X-Client-Request-Id"] == "idless-1"
+    if header_kept:
+        assert resp.headers["x-inference-id"] == gen_id
+    else:
+        assert "x-inference-id" not in resp.headers
+    fetched = await emu.fetch(gen_id)  # fetches are not affected
+    assert fetched.status == 200
+    assert (await fetched.json())["id"] == gen_id
+    resp = await emu.create(emu.body())  # times=1: the next create is answered in full
+    assert "id" in await resp.json()
+    stats = await emu.stats()
+    assert [(r["fault"], r["status"]) for r in stats["requests"]] == [(action, 200), (None, 200), (None, 200)]
+
+
+@pytest.mark.parametrize("action", ["accept_without_id", "accept_unreadable"])
+async def test_create_without_id_faults_keep_rejections_and_status_words(
+    make_emulator: MakeEmu, action: str
+) -> None:
+    emu = await make_emulator(
+        faults=[FaultRule(action, route="create", times=-1)], status_words={"queued": "waiting"}
+    )
+    resp = await emu.create({"model": STANDARD})  # rejected: the error answer goes out unchanged
+    assert resp.status == 400
+    assert (await resp.json())["message"] == "Body validation error!"
+    assert emu.state.submissions == 0
+    resp = await emu.create(emu.body(), path=LEGACY_PATH)
+    assert resp.status == 201  # the legacy path's 2xx
+    assert await resp.json() == {"status": "waiting"}
+    assert emu.state.submissions == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# A download cut halfway
+# ---------------------------------------------------------------------------------------------
+
+
+async def _raw_get(url: str) -> tuple[str, dict[str, str], bytes]:
+    """GET over a bare socket, reading to EOF: (status line, headers, every body byte received)."""
+    parts = yarl.URL(url)
+    reader, writer = await asyncio.open_connection(parts.host, parts.port)
+    try:
+        writer.write(f"GET {parts.raw_path_qs} HTTP/1.1\r\nHost: {parts.host}:{parts.port}\r\n\r\n".encode())
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), timeout=10)  # to EOF: the server closes
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return status_line, headers, body
+
+
+@pytest.mark.parametrize(
+    "render", ["off", "eager", "lazy-video-dir"], ids=["render-off-tiny", "render-eager", "render-lazy-file"]
+)
+async def test_truncate_sends_half_the_announced_bytes_then_closes(
+    make_emulator: MakeEmu, tmp_path: Path, render: str
+) -> None:
+    config: dict[str, Any] = {"render": render.split("-")[0]}
+    if render == "lazy-video-dir":
+        config["video_dir"] = tmp_path
+    # route "*": truncate means video downloads only.
+    emu = await make_emulator(faults=[FaultRule("truncate", times=2)], **config)
+    gen_id = await emu.submit(emu.body("squish"))
+    answer = await _complete(emu, gen_id)  # fetches are not affected
+    url = answer["video"]["url"]
+
+    status_line, headers, body = await _raw_get(url)
+    assert status_line == "HTTP/1.1 200 OK"
+    assert headers["content-type"] == "video/mp4"
+    assert "transfer-encoding" not in headers
+    announced = int(headers["content-length"])
+    assert headers["x-request-id"]
+    assert len(body) == announced // 2
+
+    # The same cut, as an HTTP client sees it: a payload error, not a short "successful" read.
+    async with emu.client.session.get(url) as resp:
+        assert resp.status == 200
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await resp.read()
+
+    async with emu.client.session.get(url) as resp:  # times=2: the third download is whole
+        full = await resp.read()
+    assert len(full) == announced
+    assert body == full[: announced // 2]
+    if render == "off":
+        assert full == emu.state.tiny_video
+    else:
+        assert len(_decode(full)[1]) == 120  # a real 5 s video at 24 fps
+    stats = await emu.stats()
+    assert [r["fault"] for r in stats["requests"] if r["path"].startswith("/files/")] == [
+        "truncate",
+        "truncate",
+        None,
+    ]
+
+
+async def test_truncate_leaves_error_answers_alone(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(faults=[FaultRule("truncate", route="video", times=-1)])
+    gen_id = await emu.submit()
+    file_id = emu.state.generations[gen_id].file_id
+    resp = await emu.client.get(f"/files/{file_id}/output.mp4")  # not completed yet: a whole 404
+    assert resp.status == 404
+    _assert_envelope(await resp.json(), 404, f"/files/{file_id}/output.mp4", resp)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP error body shapes
+# ---------------------------------------------------------------------------------------------
+
+# (request, status, message, exception name in the live body)
+_ERRORS: dict[str, tuple[int, str, str]] = {
+    "unauthorized": (401, "Unauthorized", "UnauthorizedException"),
+    "not-found": (404, "Generation not found", "NotFoundException"),
+    "unknown-route": (404, "Not Found", "NotFoundException"),
+    "method-not-allowed": (405, "Method Not Allowed", "MethodNotAllowedException"),
+    "credits-spent": (403, "Insufficient credits: top up your AI/ML API balance", "ForbiddenException"),
+    "fault-503": (503, "Service Unavailable", "ServiceUnavailableException"),
+    "fault-429": (429, "Too Many Requests", "TooManyRequestsException"),
+}
+
+
+async def _error_request(emu: Emu, case: str) -> tuple[aiohttp.ClientResponse, str]:
+    if case == "unauthorized":
+        return await emu.client.post(CREATE_PATH, json=emu.body()), CREATE_PATH
+    if case == "not-found":
+        return await emu.fetch("nope", path=LEGACY_PATH), LEGACY_PATH
+    if case == "unknown-route":
+        return await emu.client.get("/v3/nothing", headers=AUTH), "/v3/nothing"
+    if case == "method-not-allowed":
+        return await emu.client.delete(CREATE_PATH, headers=AUTH), CREATE_PATH
+    if case == "credits-spent":
+        emu.state.credits_remaining = 0
+        return await emu.create(emu.body()), CREATE_PATH
+    status = int(case.rpartition("-")[2])
+    emu.state.set_faults([FaultRule("status", route="create", status=status)])
+    return await emu.create(emu.body()), CREATE_PATH
+
+
+@pytest.mark.parametrize("error_body", ["documented", "live"])
+@pytest.mark.parametrize(
+    ("case", "status", "message", "name"), [(case, *v) for case, v in _ERRORS.items()], ids=list(_ERRORS)
+)
+async def test_error_body_shapes(
+    make_emulator: MakeEmu, error_body: str, case: str, status: int, message: str, name: str
+) -> None:
+    emu = await make_emulator(error_body=error_body)
+    resp, path = await _error_request(emu, case)
+    assert resp.status == status
+    body = await resp.json()
+    assert body["message"] == message
+    assert body["requestId"] == resp.headers["x-request-id"]
+    assert body["timestamp"].endswith("Z")
+    if error_body == "documented":
+        assert set(body) == {"message", "path", "requestId", "statusCode", "timestamp"}
+        _assert_envelope(body, status, path, resp)
+    else:
+        assert set(body) == {"title", "status", "message", "instance", "requestId", "timestamp", "error"}
+        assert body["title"] == HTTPStatus(status).phrase
+        assert body["status"] == status
+        assert body["instance"] == path
+        assert body["error"] == {"name": name, "message": message}
+    assert emu.state.submissions == 0
+
+
+# (body sent, documented errors[].path, live detail[].loc, live detail[].input)
+_VALIDATION: dict[str, tuple[Any, str, list[Any], Any]] = {
+    "image-not-uri": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": "https://x.com/a b.png"},
+        "image_url",
+        ["body", "image_url"],
+        "https://x.com/a b.png",
+    ),
+    "image-array-item": (
+        {"model": STANDARD, "effect_scene": "hug", "image_url": [IMG, "not a url"]},
+        "image_url[1]",
+        ["body", "image_url", 1],
+        "not a url",
+    ),
+    "image-count": (
+        {"model": STANDARD, "effect_scene": "hug", "image_url": IMG},
+        "image_url",
+        ["body", "image_url"],
+        IMG,
+    ),
+    "duration": (
+        {"model": STANDARD, "effect_scene": "squish", "image_url": IMG, "duration": 7},
+        "duration",
+        ["body", "duration"],
+        7,
+    ),
+    "missing-model": ({"effect_scene": "squish", "image_url": IMG}, "model", ["body", "model"], None),
+    "not-an-object": ([1], "", ["body"], [1]),
+}
+
+
+@pytest.mark.parametrize("error_body", ["documented", "live"])
+@pytest.mark.parametrize(("sent", "path", "loc", "value"), list(_VALIDATION.values()), ids=list(_VALIDATION))
+async def test_validation_error_details_in_either_shape(
+    make_emulator: MakeEmu, error_body: str, sent: Any, path: str, loc: list[Any], value: Any
+) -> None:
+    emu = await make_emulator(error_body=error_body)
+    resp = await emu.create(sent)
+    assert resp.status == 400
+    body = await resp.json()
+    assert body["message"] == "Body validation error!"  # the details follow in the body
+    if error_body == "documented":
+        assert "detail" not in body
+        assert len(body["errors"]) == 1
+        assert body["errors"][0]["path"] == path
+        assert body["errors"][0]["message"]
+    else:
+        assert "errors" not in body
+        assert body["error"] == {"name": "BadRequestException", "message": "Body validation error!"}
+        (detail,) = body["detail"]
+        assert detail["loc"] == loc
+        assert detail["type"] == "value_error"
+        assert detail["input"] == value
+        assert isinstance(detail["msg"], str)
+        assert detail["msg"]
+
+
+async def test_live_error_body_for_non_json_and_query_errors(make_emulator: MakeEmu) -> None:
+    emu = await make_emulator(error_body="live")
+    resp = await emu.client.post(
+        CREATE_PATH, data=b"{not json", headers={**AUTH, "Content-Type": "application/json"}
+    )
+    body = await resp.json()
+    assert resp.status == 400
+    assert body["message"] == "Body validation error!"
+    assert body["detail"] == [
+        {"loc": ["body"], "msg": "body is not valid JSON", "type": "value_error", "input": "{not json"}
+    ]
+    resp = await emu.client.get(CREATE_PATH, params={"generation_id": ""}, headers=AUTH)
+    body = await resp.json()
+    assert resp.status == 400
+    assert body["message"] == "Query validation error!"
+    assert body["detail"] == [
+        {
+            "loc": ["query", "generation_id"],
+            "msg": "generation_id is required",
+            "type": "value_error",
+            "input": "",
+        }
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The new settings from the command line
+# ---------------------------------------------------------------------------------------------
+
+_CLI: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "defaults": (
+        [],
+        {
+            "status_words": {},
+            "usage_in": "both",
+            "usage_field": "credits_used",
+            "usd_per_credit": 0.0000005,
+            "error_body": "documented",
+        },
+    ),
+    "status-words": (
+        ["--status-word", "completed=succeeded", "--status-word", "error=failed"],
+        {"status_words": {"completed": "succeeded", "error": "failed"}},
+    ),
+    "usage": (
+        ["--usage-in", "create", "--usage-field", "tokens_used", "--usd-per-credit", "0.000002"],
+        {"usage_in": "create", "usage_field": "tokens_used", "usd_per_credit": 0.000002},
+    ),
+    "error-body": (["--error-body", "live"], {"error_body": "live"}),
+    "new-faults": (
+        ["--fault", '[{"action": "accept_unreadable"}, {"action": "truncate", "times": -1}]'],
+        {"faults": [FaultRule("accept_unreadable"), FaultRule("truncate", times=-1)]},
+    ),
+}
+
+
+@pytest.mark.parametrize(("argv", "expected"), list(_CLI.values()), ids=list(_CLI))
+def test_cli_flags_for_the_vendor_variants(argv: list[str], expected: dict[str, Any]) -> None:
+    config = config_from_args(build_parser().parse_args(argv))
+    assert {name: getattr(config, name) for name in expected} == expected
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--status-word", "completed"],
+        ["--status-word", "done=finished"],
+        ["--status-word", "error="],
+        ["--usage-in", "sometimes"],
+        ["--error-body", "rfc7807"],
+        ["--fault", '{"action": "truncate", "route": "fetch"}'],
+    ],
+    ids=["no-equals", "unknown-status", "empty-word", "bad-usage-in", "bad-error-body", "truncate-on-fetch"],
+)
+def test_cli_rejects_bad_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--port", "0", *argv])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_cli_help_documents_the_new_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in ("--status-word", "--usage-in", "--usage-field", "--usd-per-credit", "--error-body"):
+        assert flag in text
+    for action in ("accept_without_id", "accept_unreadable", "truncate"):
+        assert action in text

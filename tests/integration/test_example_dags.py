@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.airflow_harness import REPO, airflow_version
+from tests.airflow_harness import REPO
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.airflow_run
@@ -180,27 +180,3 @@ def test_the_key_is_nowhere_after_the_runs(airflow, dag_emulator):
     """
     assert len(airflow.outputs) >= 8
     assert airflow.places_containing(API_KEY) == []
-
-
-def test_task_retries_reattach_instead_of_paying_again(airflow, fresh_emulator):
-    """Each try times out (1 s) before the 4 s generation ends; retries must not resubmit on 3.3+."""
-    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 4))
-    try:
-        result = airflow.dags_test(
-            "test_klingfx_retry_reattach", {"photo": samples(fresh_emulator, "person-1.png")[0]}
-        )
-    finally:
-        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 0))
-    tries = result.output.count("did not finish within 1s")
-    if airflow_version() >= (3, 3):
-        assert_succeeded(result)
-        assert tries >= 1
-        assert fresh_emulator.stats()["submissions"] == 1
-        assert result.output.count("Reattaching to generation") == tries
-    else:
-        # Documented: no task_state_store before 3.3, so every try submits (and pays for) a new
-        # 4 s generation that its 1 s timeout cannot see finish; all 7 tries time out.
-        assert result.state == "failed"
-        assert tries == 7
-        assert fresh_emulator.stats()["submissions"] == 7
-        assert "Reattaching" not in result.output

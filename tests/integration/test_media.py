@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,34 +14,6 @@ from tests.airflow_harness import AirflowEnv, DagRunResult
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.airflow_run
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[dict]:
-    """An S3-compatible server (moto) on 127.0.0.1 with a bucket and an Airflow connection to it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="moto",
-        aws_secret_access_key="moto",
-        region_name="us-east-1",
-    )
-    client.create_bucket(Bucket="videos")
-    conn = {
-        "conn_type": "aws",
-        "login": "moto",
-        "password": "moto",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    yield {"client": client, "env": {"AIRFLOW_CONN_AWS_MOTO": json.dumps(conn)}}
-    server.stop()
 
 
 def logical_ds(airflow: AirflowEnv, result: DagRunResult) -> str:

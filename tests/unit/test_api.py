@@ -159,7 +159,7 @@ def test_error_envelope_becomes_typed_error_with_vendor_words():
     ).encode()
     err = _api.error_from_response(400, validation, {"X-Request-Id": "r2"}, method="POST", path="/p")
     assert type(err) is KlingFxAPIError
-    assert err.vendor_message == "Body validation error! (effect_scene: bad)"
+    assert err.vendor_message == "Body validation error! (bad (effect_scene))"
     assert err.request_id == "r2"
     err = _api.error_from_response(
         502, b"<html>Bad gateway</html>", {"Retry-After": "2"}, method="GET", path="/p"
@@ -288,40 +288,24 @@ class Script:
         return self()
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_policy_call_succeeding_at_once_makes_one_attempt(mode):
-    sleeps: list[float] = []
+async def run_policy(mode: str, policy: RetryPolicy, script: Script, sleeps: list[float], **kwargs) -> str:
+    """Run ``script`` under ``policy`` through the sync or the async retrier."""
 
     async def asleep(s: float) -> None:
         sleeps.append(s)
 
-    script = Script()
-    policy = RetryPolicy()
     if mode == "sync":
-        assert policy.call(script, idempotent=True, what="GET", sleep=sleeps.append) == "ok"
-    else:
-        assert await policy.acall(script.acall, idempotent=True, what="GET", sleep=asleep) == "ok"
-    assert (script.attempts, sleeps) == (1, [])
+        return policy.retrying(sleep=sleeps.append, **kwargs)(script)
+    return await policy.async_retrying(sleep=asleep, **kwargs)(script.acall)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_policy_call_counts_the_first_failure_as_attempt_one(mode, caplog):
-    """The failure seen before any retrier existed is attempt 1: Retry-After applies, the cap holds."""
+async def test_policy_honours_retry_after_and_logs_each_attempt(mode, caplog):
     sleeps: list[float] = []
-
-    async def asleep(s: float) -> None:
-        sleeps.append(s)
-
     script = Script(KlingFxAPIError(429, "slow down", retry_after=7.0), *[_api_error(503)] * 5)
     policy = RetryPolicy(max_attempts=3, initial_wait=0.01, max_wait=2.0)  # Retry-After capped at 8 s
-
-    async def call() -> str:
-        if mode == "sync":
-            return policy.call(script, idempotent=True, what="GET /x", sleep=sleeps.append)
-        return await policy.acall(script.acall, idempotent=True, what="GET /x", sleep=asleep)
-
     with pytest.raises(KlingFxAPIError, match="503"):
-        await call()
+        await run_policy(mode, policy, script, sleeps, idempotent=True, what="GET /x")
     assert script.attempts == 3
     assert len(sleeps) == 2
     assert sleeps[0] == 7.0
@@ -329,23 +313,34 @@ async def test_policy_call_counts_the_first_failure_as_attempt_one(mode, caplog)
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
-async def test_policy_call_recovers_and_never_resends_an_ambiguous_create(mode):
+@pytest.mark.parametrize(
+    ("deadline", "attempts", "slept"),
+    [(1005.0, 1, []), (1010.0, 2, [7.0]), (None, 2, [7.0])],
+    ids=["wait-would-cross-deadline", "wait-fits", "no-deadline"],
+)
+async def test_policy_never_waits_past_the_deadline(mode, deadline, attempts, slept):
+    """A poll's retries belong to a wait with a deadline: a back-off that would end after it is not slept."""
     sleeps: list[float] = []
+    script = Script(KlingFxAPIError(429, "slow down", retry_after=7.0))
+    policy = RetryPolicy(max_attempts=5, initial_wait=0.01, max_wait=2.0)
+    kwargs = {"idempotent": True, "what": "GET /x", "deadline": deadline, "clock": lambda: 1000.0}
+    if deadline == 1005.0:
+        with pytest.raises(KlingFxAPIError, match="429"):
+            await run_policy(mode, policy, script, sleeps, **kwargs)
+    else:
+        assert await run_policy(mode, policy, script, sleeps, **kwargs) == "ok"
+    assert (script.attempts, sleeps) == (attempts, slept)
 
-    async def asleep(s: float) -> None:
-        sleeps.append(s)
 
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_policy_recovers_and_never_resends_an_ambiguous_create(mode):
+    sleeps: list[float] = []
     policy = RetryPolicy(initial_wait=0.01, max_wait=0.05)
     refused = Script(KlingFxTransportError("refused", reached_server=False))
     reset = Script(KlingFxTransportError("reset", reached_server=True))
-    if mode == "sync":
-        assert policy.call(refused, idempotent=False, what="POST", sleep=sleeps.append) == "ok"
-        with pytest.raises(KlingFxTransportError):
-            policy.call(reset, idempotent=False, what="POST", sleep=sleeps.append)
-    else:
-        assert await policy.acall(refused.acall, idempotent=False, what="POST", sleep=asleep) == "ok"
-        with pytest.raises(KlingFxTransportError):
-            await policy.acall(reset.acall, idempotent=False, what="POST", sleep=asleep)
+    assert await run_policy(mode, policy, refused, sleeps, idempotent=False, what="POST") == "ok"
+    with pytest.raises(KlingFxTransportError):
+        await run_policy(mode, policy, reset, sleeps, idempotent=False, what="POST")
     assert (refused.attempts, reset.attempts, len(sleeps)) == (2, 1, 1)
 
 
