@@ -238,6 +238,24 @@ def settings_from_connection(
     )
 
 
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``/``HTTP_PROXY``, minus ``NO_PROXY``).
+
+    ``requests`` reads these for every request on the worker; the triggerer's aiohttp session must
+    send through the same proxy, or it could not reach the API the worker just submitted to. The
+    hook resolves it once: aiohttp's ``trust_env`` would do it (and read ``~/.netrc``) per request,
+    which ``make bench`` measured at about 0.3 ms of a 0.5 ms poll.
+
+    :param url: the API's base URL.
+    """
+    import urllib.request
+
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 def build_headers(settings: ApiSettings, *, client_request_id: str | None = None) -> dict[str, str]:
     """Headers for every call: bearer auth, JSON, the package's User-Agent, and a trace id.
 

@@ -56,9 +56,6 @@ def acquire() -> aiohttp.ClientSession:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=POOL_LIMIT, ttl_dns_cache=DNS_CACHE_SECONDS),
             cookie_jar=aiohttp.DummyCookieJar(),
-            # Proxies from HTTPS_PROXY / NO_PROXY, as ``requests`` takes them on the worker: a
-            # triggerer that ignored them could not reach the API the worker just submitted to.
-            trust_env=True,
             # Per-request timeouts come from each hook; none here, so no default can cut a poll short.
             timeout=aiohttp.ClientTimeout(total=None),
         )

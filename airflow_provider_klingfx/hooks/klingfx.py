@@ -124,7 +124,8 @@ class KlingFxHook(BaseHook):
     (``/v2/video/generations``, default) or ``legacy`` (``/v2/generate/video/kling/generation``);
     ``connect_timeout`` and ``read_timeout``; ``poll_schedule``, ``fixed`` (default) or
     ``adaptive``, with ``expected_seconds``. Proxies come from the usual environment variables
-    (``HTTPS_PROXY``, ``NO_PROXY``) on both the worker and the triggerer.
+    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) on both the worker and the triggerer (read once
+    per hook there).
 
     :param klingfx_conn_id: the Airflow connection to use.
     :param connect_timeout: seconds to open a connection (default: the connection's extra
@@ -165,6 +166,7 @@ class KlingFxHook(BaseHook):
         self._settings: _api.ApiSettings | None = None
         self._session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
+        self._async_proxy: tuple[str | None] | None = None  # (proxy,) once resolved
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
@@ -328,16 +330,16 @@ class KlingFxHook(BaseHook):
         deadline: float | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
-        retrying = self.retry_policy.retrying(
-            idempotent=method == "GET",
-            what=f"{method} {settings.path}",
-            sleep=self._sleep,
-            logger=self.log,
-            deadline=deadline,
-            clock=self._clock,
-        )
         try:
-            return retrying(self._send, method, url, settings.path, headers, body, deadline)
+            return self.retry_policy.call(
+                lambda: self._send(method, url, settings.path, headers, body, deadline),
+                idempotent=method == "GET",
+                what=f"{method} {settings.path}",
+                sleep=self._sleep,
+                logger=self.log,
+                deadline=deadline,
+                clock=self._clock,
+            )
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
@@ -499,9 +501,17 @@ class KlingFxHook(BaseHook):
         connect, read, total = self._timeouts(deadline)
         # Per request, as the session is shared; ``total`` also bounds the wait for a pooled connection.
         timeout = aiohttp.ClientTimeout(total=total, sock_connect=connect, sock_read=read)
+        if self._async_proxy is None:
+            self._async_proxy = (_api.env_proxy(url),)
         try:
             async with session.request(
-                method, url, json=body, headers=headers, allow_redirects=False, timeout=timeout
+                method,
+                url,
+                json=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=timeout,
+                proxy=self._async_proxy[0],
             ) as resp:
                 raw = await resp.read()
                 return _api.parse_answer(
@@ -523,16 +533,16 @@ class KlingFxHook(BaseHook):
         deadline: float | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
-        retrying = self.retry_policy.async_retrying(
-            idempotent=method == "GET",
-            what=f"{method} {settings.path}",
-            sleep=self._async_sleep,
-            logger=self.log,
-            deadline=deadline,
-            clock=self._clock,
-        )
         try:
-            return await retrying(self._asend, method, url, settings.path, headers, body, deadline)
+            return await self.retry_policy.acall(
+                lambda: self._asend(method, url, settings.path, headers, body, deadline),
+                idempotent=method == "GET",
+                what=f"{method} {settings.path}",
+                sleep=self._async_sleep,
+                logger=self.log,
+                deadline=deadline,
+                clock=self._clock,
+            )
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None

@@ -288,18 +288,35 @@ class Script:
         return self()
 
 
+#: The four ways to run a call under the policy: tenacity's retriers, and the hook's ``call``/``acall``
+#: (first attempt bare, the retrier built only after a failure). All four must behave alike.
+MODES = ["sync", "async", "call", "acall"]
+
+
 async def run_policy(mode: str, policy: RetryPolicy, script: Script, sleeps: list[float], **kwargs) -> str:
-    """Run ``script`` under ``policy`` through the sync or the async retrier."""
+    """Run ``script`` under ``policy`` in one of :data:`MODES`."""
 
     async def asleep(s: float) -> None:
         sleeps.append(s)
 
     if mode == "sync":
         return policy.retrying(sleep=sleeps.append, **kwargs)(script)
-    return await policy.async_retrying(sleep=asleep, **kwargs)(script.acall)
+    if mode == "async":
+        return await policy.async_retrying(sleep=asleep, **kwargs)(script.acall)
+    if mode == "call":
+        return policy.call(script, sleep=sleeps.append, **kwargs)
+    return await policy.acall(script.acall, sleep=asleep, **kwargs)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
+async def test_policy_succeeding_at_once_makes_one_attempt(mode):
+    sleeps: list[float] = []
+    script = Script()
+    assert await run_policy(mode, RetryPolicy(), script, sleeps, idempotent=True, what="GET") == "ok"
+    assert (script.attempts, sleeps) == (1, [])
+
+
+@pytest.mark.parametrize("mode", MODES)
 async def test_policy_honours_retry_after_and_logs_each_attempt(mode, caplog):
     sleeps: list[float] = []
     script = Script(KlingFxAPIError(429, "slow down", retry_after=7.0), *[_api_error(503)] * 5)
@@ -312,7 +329,7 @@ async def test_policy_honours_retry_after_and_logs_each_attempt(mode, caplog):
     assert "GET /x failed (attempt 1 of 3)" in caplog.text
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize(
     ("deadline", "attempts", "slept"),
     [(1005.0, 1, []), (1010.0, 2, [7.0]), (None, 2, [7.0])],
@@ -332,7 +349,7 @@ async def test_policy_never_waits_past_the_deadline(mode, deadline, attempts, sl
     assert (script.attempts, sleeps) == (attempts, slept)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_policy_recovers_and_never_resends_an_ambiguous_create(mode):
     sleeps: list[float] = []
     policy = RetryPolicy(initial_wait=0.01, max_wait=0.05)
