@@ -91,18 +91,15 @@ def save_video(
         def attempt() -> int:
             assert part is not None
             written = 0
-            try:
-                with part.open("wb") as fh:
-                    for chunk in hook.iter_video(video.url, chunk_size=chunk_size):
-                        fh.write(chunk)
-                        written += len(chunk)
-                if video.file_size is not None and written != video.file_size:
-                    raise KlingFxMalformedResponseError(
-                        f"downloaded {written} bytes but the API announced {video.file_size}"
-                    )
-            except BaseException:
-                _remove_quietly(part)
-                raise
+            # "wb" starts a retried attempt afresh on the same temporary name.
+            with part.open("wb") as fh:
+                for chunk in hook.iter_video(video.url, chunk_size=chunk_size):
+                    fh.write(chunk)
+                    written += len(chunk)
+            if video.file_size is not None and written != video.file_size:
+                raise KlingFxMalformedResponseError(
+                    f"downloaded {written} bytes but the API announced {video.file_size}"
+                )
             return written
 
         retrying = hook.retry_policy.retrying(
@@ -110,9 +107,12 @@ def save_video(
         )
         size = retrying(attempt)
         part.rename(dest)
-    except Exception as exc:
+    except BaseException as exc:
+        # One clean-up for every way out, execution_timeout (a BaseException) included.
         if part is not None:
             _remove_quietly(part)
+        if not isinstance(exc, Exception):
+            raise
         shown = str(dest) if dest is not None else str(output_path)
         raise KlingFxDownloadError(generation_id, shown, exc) from None
     log.info("Saved the video of generation %s to %s (%d bytes)", generation_id, dest, size)

@@ -317,8 +317,8 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
                     submitted_at=submitted_at,
                     started_at=started_at,
                 )
-                generation.raise_for_failure()
-                assert generation.video is not None  # a done generation always carries a video
+                # wait_for_generation returns only a done generation (it raises for a failed one).
+                assert generation.video is not None
                 return self._deliver(
                     context, gen_id, generation.video, merge_usage(submission_usage, generation.usage)
                 )
