@@ -7,27 +7,50 @@ VENV ?= .venv
 AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
+DEPLOY_STAMP := $(VENV)/.installed-deploy-$(AIRFLOW_VERSION)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
 # `make test` leaves out the tests that start a whole Airflow deployment (several minutes each);
 # CI runs them too, with `make test-deployment`.
 PYTEST_MARKERS ?= not deployment
 
-.PHONY: help venv demo test test-deployment lint typecheck pytest bench emulator clean
+.PHONY: help venv deploy-venv servers demo test test-deployment test-production lint typecheck pytest \
+	bench emulator clean
 
 help:
 	@echo "make demo   - run an example DAG end to end against the built-in emulator (or the real API with AIMLAPI_KEY set)"
 	@echo "make test   - ruff, mypy and the test suite (AIRFLOW_VERSION=$(AIRFLOW_VERSION))"
 	@echo "make test-deployment - the tests that run a whole Airflow deployment (scheduler, triggerer, ...)"
+	@echo "make test-production - the production-shaped deployment: PostgreSQL, Celery + Redis, 200 generations"
 	@echo "make bench  - benchmarks, written to benchmarks/RESULTS.md"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
-	rm -f $(VENV)/.installed-airflow-*
+	rm -f $(VENV)/.installed-airflow-* $(VENV)/.installed-deploy-*
 	touch $@
 
 venv: $(STAMP)
+
+# The Python side of the production-shaped deployment: the `deploy` extra (Celery, Redis, PostgreSQL
+# drivers) on top of the dev install.
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev,deploy]" "apache-airflow==$(AIRFLOW_VERSION)"
+	touch $@
+
+deploy-venv: $(DEPLOY_STAMP)
+
+# The servers of the production-shaped deployment, from Debian's packages, installed only when
+# missing (the test starts throwaway ones of its own: nothing is configured or left running).
+servers:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "installing$$missing (Debian packages)"; \
+		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
+	fi
 
 lint: venv
 	$(BIN)/ruff check .
@@ -44,8 +67,17 @@ pytest: venv
 
 test: lint typecheck pytest
 
+# The local-shape deployment tests (SQLite, LocalExecutor). The production-shaped one is marked
+# `production` as well as `deployment`, and left out here: it needs PostgreSQL and Redis, takes
+# about 5 minutes of both cores, and has its own target below.
 test-deployment:
-	$(MAKE) pytest PYTEST_MARKERS=deployment PYTEST_ARGS="-n 2 --dist loadgroup --durations=5"
+	$(MAKE) pytest PYTEST_MARKERS="deployment and not production" PYTEST_ARGS="-n 2 --dist loadgroup --durations=5"
+
+# The production-shaped deployment (tests/deployment/test_production.py): PostgreSQL, the
+# CeleryExecutor with Redis, two workers, two triggerers, 200 generations through an outage and a
+# triggerer's death. Alone (no xdist): it needs both cores. CI runs it on the newest Airflow only.
+test-production: servers deploy-venv
+	$(MAKE) pytest PYTEST_MARKERS=production PYTEST_ARGS="-p no:xdist --durations=5 tests/deployment"
 
 demo: venv
 	$(BIN)/python scripts/demo.py

@@ -46,6 +46,10 @@ Method = Literal["GET", "POST"]
 
 #: How a generation is polled: ``fixed`` every poll interval, or ``adaptive`` (connection extra).
 POLL_SCHEDULES = ("fixed", "adaptive")
+#: Whether the polls of one process share what they learn of the API (rate limits, outages):
+#: ``shared`` (default; see :mod:`airflow_provider_klingfx._health`) or ``per_trigger`` (each poll
+#: backs off alone, as 0.2 did).
+POLL_COORDINATIONS = ("shared", "per_trigger")
 
 
 class ApiKey:
@@ -85,6 +89,10 @@ class ApiSettings:
     :param poll_schedule: ``fixed`` (every poll interval) or ``adaptive`` (sparse early, dense near
         ``expected_seconds``; see :func:`airflow_provider_klingfx._polling.adaptive_poll_delay`).
     :param expected_seconds: how long a generation usually takes, for the adaptive schedule.
+    :param poll_coordination: ``shared`` (polls of one process share one view of the API's rate
+        limit and outages) or ``per_trigger``.
+    :param max_polls_per_second: a cap on the polls per second of one process to this API and key
+        (``None``: none; throttling still follows the API's 429s).
     """
 
     base_url: str
@@ -94,6 +102,8 @@ class ApiSettings:
     read_timeout: float = 30.0
     poll_schedule: str = "fixed"
     expected_seconds: float = 120.0
+    poll_coordination: str = "shared"
+    max_polls_per_second: float | None = None
 
     @property
     def path(self) -> str:
@@ -189,7 +199,8 @@ def settings_from_connection(
     :param password: the API key.
     :param extra: extras: ``endpoint`` is ``universal`` (default) or ``legacy``; ``connect_timeout``
         and ``read_timeout`` in seconds (defaults 10 and 30); ``poll_schedule`` is ``fixed``
-        (default) or ``adaptive``, with ``expected_seconds`` (default 120).
+        (default) or ``adaptive``, with ``expected_seconds`` (default 120); ``poll_coordination``
+        is ``shared`` (default) or ``per_trigger``; ``max_polls_per_second`` caps a process's polls.
     :param port: the connection's port field, when the host names none.
     :raises KlingFxConnectionConfigError: with what to fix.
     """
@@ -201,7 +212,15 @@ def settings_from_connection(
     # The UI forms store fields under their plain name; Airflow 2's form used a prefixed one.
     extra = {
         name: raw_extra.get(name, raw_extra.get(f"extra__klingfx__{name}"))
-        for name in ("endpoint", "poll_schedule", "connect_timeout", "read_timeout", "expected_seconds")
+        for name in (
+            "endpoint",
+            "poll_schedule",
+            "connect_timeout",
+            "read_timeout",
+            "expected_seconds",
+            "poll_coordination",
+            "max_polls_per_second",
+        )
     }
     endpoint = str(extra.get("endpoint") or "universal").strip().lower()
     if endpoint not in ENDPOINT_PATHS:
@@ -229,11 +248,29 @@ def settings_from_connection(
                 f"connection {conn_id!r} has {name}={raw!r} in extra; give a positive number of seconds"
             )
         seconds[name] = value
+    coordination = str(extra.get("poll_coordination") or "shared").strip().lower()
+    if coordination not in POLL_COORDINATIONS:
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has poll_coordination={coordination!r} in extra; "
+            "use 'shared' or 'per_trigger'"
+        )
+    raw_cap = extra.get("max_polls_per_second")
+    try:
+        cap = None if raw_cap in (None, "") else float(raw_cap)
+    except (TypeError, ValueError):
+        cap = -1.0
+    if cap is not None and not cap > 0:
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has max_polls_per_second={raw_cap!r} in extra; "
+            "give a positive number, or leave it empty for no cap"
+        )
     return ApiSettings(
         base_url=base_url,
         api_key=ApiKey(password.strip()),
         endpoint=endpoint,
         poll_schedule=schedule,
+        poll_coordination=coordination,
+        max_polls_per_second=cap,
         **seconds,
     )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from airflow_provider_klingfx._api import is_transient
+from airflow_provider_klingfx._health import was_reported
 
 if TYPE_CHECKING:
     from airflow_provider_klingfx.domain import Generation, KlingFxError
@@ -105,6 +106,7 @@ class GenerationWatch:
     last_error: str | None = None
     polls: int = 0
     consecutive_failures: int = 0
+    unreported_failures: int = 0
 
     def elapsed(self, now: float) -> float:
         """Seconds since submission."""
@@ -128,16 +130,21 @@ class GenerationWatch:
                 raise result
             self.consecutive_failures += 1
             self.last_error = str(result)
+            # A failure the shared gate has announced (outage, throttling) is logged quietly: the
+            # process log has the one line about it.
+            reported = was_reported(result)
+            if not reported:
+                self.unreported_failures += 1
             step.messages.append(
                 (
-                    logging.WARNING,
+                    logging.DEBUG if reported else logging.WARNING,
                     f"Generation {self.generation_id}: waiting out a transient API error "
                     f"({self.consecutive_failures} in a row, {max(0.0, self.deadline - now):.0f}s "
                     f"left before the deadline): {result}",
                 )
             )
         else:
-            if self.consecutive_failures:
+            if self.unreported_failures:
                 step.messages.append(
                     (
                         logging.INFO,
@@ -146,6 +153,7 @@ class GenerationWatch:
                     )
                 )
             self.consecutive_failures = 0
+            self.unreported_failures = 0
             if result.status != self.last_status:
                 level = logging.INFO if result.is_known_status else logging.WARNING
                 note = "" if result.is_known_status else " (unknown status, treated as still running)"

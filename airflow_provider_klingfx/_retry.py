@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import tenacity
 
 from airflow_provider_klingfx._api import is_retryable
+from airflow_provider_klingfx._health import was_reported
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,11 @@ class RetryPolicy:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
-            logger.warning(
+            # An outage or throttling the shared gate has announced: one line in the process log
+            # says it, not one per poll (see airflow_provider_klingfx._health).
+            level = logging.DEBUG if exc is not None and was_reported(exc) else logging.WARNING
+            logger.log(
+                level,
                 "%s failed (attempt %d of %d): %s; retrying in %.1fs",
                 what,
                 state.attempt_number,

@@ -100,6 +100,23 @@ def get_provider_info() -> dict[str, Any]:
                         "schedule (default 120).",
                         "schema": {"type": ["number", "null"], "default": 120},
                     },
+                    "poll_coordination": {
+                        "label": "Poll coordination",
+                        "description": "'shared' (the default: the polls of one triggerer or worker "
+                        "slow down together on the API's 429s and hold during an outage, probing "
+                        "with one request) or 'per_trigger' (each poll backs off on its own).",
+                        "schema": {
+                            "type": ["string", "null"],
+                            "default": "shared",
+                            "enum": ["shared", "per_trigger"],
+                        },
+                    },
+                    "max_polls_per_second": {
+                        "label": "Max polls per second",
+                        "description": "Cap on the polls per second one triggerer (or worker) sends "
+                        "with this key; empty for none (429s still slow polls down).",
+                        "schema": {"type": ["number", "null"], "default": None},
+                    },
                 },
                 "ui-field-behaviour": {
                     "hidden-fields": ["schema", "login", "extra"],

@@ -9,7 +9,8 @@
   it asks about;
 * the server's ``connection_made`` is wrapped to stamp every TCP connection a client opens.
 
-``GET /_bench/stats`` returns those stamps, each generation's ``submitted_at``/``ready_at`` and the
+``POST /_bench/rate_limit`` switches the per-key rate limit at run time. ``GET /_bench/stats``
+returns those stamps, each generation's ``submitted_at``/``ready_at`` and the
 process's CPU seconds. It prints ``KLINGFX EMULATOR LISTENING <url>`` once listening, like the CLI;
 with ``--tls-cert``/``--tls-key`` it also serves HTTPS on a second port (the real API is HTTPS only)
 and prints ``BENCH TLS LISTENING <url>`` after it.
@@ -88,12 +89,22 @@ async def _bench_stats(request: web.Request) -> web.Response:
     )
 
 
+async def _bench_rate_limit(request: web.Request) -> web.Response:
+    """``POST /_bench/rate_limit {"rate_limit": r}``: switch the per-key limit on (or off with null)
+    after the benchmark's generations are submitted, so only polls meet it."""
+    body = await request.json()
+    state = request.app[STATE_KEY]
+    state.config.rate_limit = body.get("rate_limit")
+    return web.json_response({"rate_limit": state.config.rate_limit})
+
+
 def build_app(config: EmulatorConfig) -> web.Application:
     """The package's app on the epoch clock, plus the recorder middleware and ``/_bench/stats``."""
     app = create_app(config, clock=time.time)
     app[RECORDER] = Recorder()
     app.middlewares.append(_stamp)
     app.router.add_get("/_bench/stats", _bench_stats)
+    app.router.add_post("/_bench/rate_limit", _bench_rate_limit)
     return app
 
 

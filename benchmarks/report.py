@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.common import Figure, Section, fmt
 
-ORDER = ("worker", "scale", "parse", "polls", "e2e", "streaming")
+ORDER = ("worker", "scale", "parse", "polls", "e2e", "streaming", "polite")
 
 
 def _version(dist: str) -> str:
@@ -113,7 +113,7 @@ def write(
         "# Benchmark results",
         "",
         f"Written by `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
-        f"**total wall time {wall_seconds / 60:.1f} min** (budget: 15 min on 2 cores). "
+        f"**total wall time {wall_seconds / 60:.1f} min** (budget: 30 min on 2 cores). "
         "Every comparison ran its baseline in the same run; ratios are candidate / baseline. "
         "Regenerate with `make bench`.",
         "",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -56,16 +57,26 @@ def connection(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator):
 
 
 class SleepRecorder:
-    """Stands in for time.sleep / asyncio.sleep: records the waits instead of sleeping."""
+    """Stands in for time.sleep / asyncio.sleep: records the waits instead of sleeping.
+
+    Its :meth:`clock` is the wall clock moved on by every recorded wait, so code given both sees
+    time pass as it would have (deadlines, rate pacing) without the test waiting.
+    """
 
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.skipped = 0.0
+
+    def clock(self) -> float:
+        return time.time() + self.skipped
 
     def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
+        self.skipped += max(0.0, seconds)
 
     async def asleep(self, seconds: float) -> None:
         self.calls.append(seconds)
+        self.skipped += max(0.0, seconds)
         # Yield to the loop like a real sleep would, but without waiting.
         import asyncio
 

@@ -37,7 +37,13 @@ def hug(emulator, second: str = "person-2.png") -> EffectRequest:
 
 def make_hook(sleeps, conn_id: str = "klingfx_default", **kwargs) -> KlingFxHook:
     return KlingFxHook(
-        conn_id, retry_policy=FAST, sleep=sleeps, async_sleep=sleeps.asleep, read_timeout=2, **kwargs
+        conn_id,
+        retry_policy=FAST,
+        sleep=sleeps,
+        async_sleep=sleeps.asleep,
+        clock=sleeps.clock,
+        read_timeout=2,
+        **kwargs,
     )
 
 
@@ -187,7 +193,8 @@ def test_fetch_retries_transient_faults(emulator, connection, sleeps, rule):
     gen_id = hook.submit(squish(emulator)).id
     emulator.set_faults(faults(rule))
     assert hook.get_generation(gen_id).id == gen_id
-    assert len(sleeps.calls) == rule["times"]
+    # One back-off per failure; after a 429 the poll also waits its turn at the lowered rate.
+    assert len(sleeps.calls) == rule["times"] + (1 if rule.get("status") == 429 else 0)
     assert emulator.stats()["faults_injected"] == rule["times"]
 
 
@@ -297,13 +304,21 @@ def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
 def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd):
     hook = make_hook(sleeps)
     gen_id = hook.submit(squish(emulator)).id
-    # 10 failures in a row: more than one fetch's own retries (4 attempts), so polling must wait it out.
+    # 10 failures in a row: more than one fetch's own retries (4 attempts), so polling must wait it
+    # out; past 5 in a row the API counts as down, and only probes go out, further and further apart.
     emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": 10}))
-    generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=60)
+    generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=600)
     assert generation.is_completed
     out = capfd.readouterr().out
-    assert "waiting out a transient API error (2 in a row" in out
-    assert "API reachable again after 2 failed poll(s)" in out
+    # The first poll's failures are logged as they come; the outage is one line in, one line out.
+    assert out.count("waiting out a transient API error") == 1
+    assert out.count("looks down: 5 requests in a row failed") == 1
+    assert out.count("answers again after") == 1
+    assert "6 probe(s) sent" in out
+    assert emulator.stats()["faults_injected"] == 10
+    # The probes back off: 1 s doubling (with jitter) up to 20 s, in virtual time.
+    probe_waits = [s for s in sleeps.calls if s >= 0.5]
+    assert len(probe_waits) >= 5 and max(probe_waits) <= 20
 
 
 @pytest.mark.parametrize(

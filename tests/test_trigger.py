@@ -42,13 +42,21 @@ def make_trigger(gen_id: str, sleep, *, deadline: float | None = None, conn_id: 
 
 
 class RealSleep:
-    """A real but short asyncio sleep that also records, for tests that need the clock to move."""
+    """A real but short asyncio sleep that also records, for tests that need the clock to move.
+
+    :meth:`clock` is the wall clock plus the part of each wait that was skipped.
+    """
 
     def __init__(self) -> None:
         self.calls: list[float] = []
+        self.skipped = 0.0
+
+    def clock(self) -> float:
+        return time.time() + self.skipped
 
     async def __call__(self, seconds: float) -> None:
         self.calls.append(seconds)
+        self.skipped += max(0.0, seconds - 0.05)
         await asyncio.sleep(min(seconds, 0.05))
 
 
@@ -171,14 +179,27 @@ async def test_missing_connection_gives_an_error_event(emulator, sleeps):
     assert "no_such_conn" in event["message"]
 
 
-async def test_transient_storm_is_waited_out_until_the_deadline(emulator, connection):
+async def test_transient_storm_is_waited_out_until_the_deadline(emulator, connection, caplog):
     sleep = RealSleep()
     gen_id = submit(emulator, sleep, squish(emulator))
     emulator.set_faults(faults({"action": "status", "status": 502, "route": "fetch", "times": 12}))
     hook_policy = FAST  # each fetch makes FAST.max_attempts attempts; 12 failures span 3 polls
     assert hook_policy.max_attempts == 4
-    (event,) = await events_of(make_trigger(gen_id, sleep))
+    # Past 5 failures in a row the API counts as down: probes, 1 s doubling up to 20 s (virtual time).
+    trigger = KlingFxGenerationTrigger(
+        generation_id=gen_id,
+        deadline=sleep.clock() + 600,
+        poll_interval=0.05,
+        submitted_at=time.time(),
+        sleep=sleep,
+        clock=sleep.clock,
+    )
+    (event,) = await events_of(trigger)
     assert event["status"] == "success"
+    # 5 failures open the outage, then 7 failed probes and one that gets through: nothing else.
+    fetches = [r["status"] for r in emulator.stats()["requests"] if r["method"] == "GET"]
+    assert fetches[:13] == [502] * 12 + [200]
+    assert "8 probe(s) sent" in caplog.text
 
 
 async def test_storm_past_the_deadline_ends_in_timeout_naming_the_last_error(emulator, connection):

@@ -38,16 +38,36 @@ What it emulates:
   (also after a create was accepted: the ambiguous case), a create accepted with an answer that
   has no id (``accept_without_id``: the id only in ``x-inference-id``; ``accept_unreadable``: not
   even there), a video download cut halfway (``truncate``), slow answers, non-JSON answers;
+* a per-key rate limit (``rate_limit``, ``rate_limit_burst``): a token bucket per API key on
+  create and fetch (both path styles; not the video, samples, health or admin routes), checked
+  after the key (a 401 consumes nothing); over it a 429 in the configured error body with
+  ``Retry-After`` (whole seconds until the next token, at least 1; off with
+  ``rate_limit_retry_after=False``); a limited create makes no generation and charges nothing;
+* timed outages (:class:`Outage`; seconds on the state's clock since its creation or reset; from
+  the config, the CLI's ``--outage START:END[:MODE]``, ``POST /_emulator/outage`` or
+  :meth:`RunningEmulator.schedule_outage`): ``"503"`` makes create and fetch answer 503 (no
+  ``Retry-After``) while the other routes work; ``"refuse"`` is an outage at the TCP level: the
+  port stops listening (connecting gets ECONNREFUSED) and the open connections, keep-alive ones
+  included, are closed, then the same port listens again at the window's end. Nothing answers
+  during it, not even ``/health`` or ``/_emulator/*`` (use :meth:`RunningEmulator.stats`).
+  Refuse needs a server that owns its socket: :func:`run_emulator_in_thread` or the CLI
+  (anything started by ``start_site``); with aiohttp's test server it is an error;
 * admin endpoints without auth: ``GET /_emulator/stats``, ``POST /_emulator/faults``,
-  ``POST /_emulator/reset``, and ``GET /health``.
+  ``POST /_emulator/outage`` (``{"start_in": s, "duration": s, "mode": "503"|"refuse"}``, answers
+  the window ``{"start", "end", "mode"}``; 400 on bad input), ``POST /_emulator/reset``, and
+  ``GET /health``.
 
 ``GET /_emulator/stats`` answers ``{"submissions": <accepted creates>, "requests": [{"method",
 "path", "query_generation_id", "client_request_id", "status", "fault"}, ...], "faults_injected": n,
 "generations": {id: status}}`` plus ``requests_total``, ``renders_pending``, ``credits_spent``,
-``credits_remaining`` and ``fault_rules``; its statuses are always the canonical words, whatever
-the answers say. Requests to ``/_emulator/*`` and ``/health`` are not recorded; a dropped
-connection is recorded with ``"status": null``. ``POST /_emulator/reset`` forgets generations,
-videos, records and counters, restores the credit budget and re-arms the configured fault rules.
+``credits_remaining``, ``fault_rules``, ``rate_limited`` (429s the rate limit sent), ``outages``
+(the windows, ``[{"start", "end", "mode"}]``), ``outage_active`` (``"503"``, ``"refuse"`` or
+null), ``outage_rejected`` (503s a 503 outage sent) and ``outage_connections_dropped`` (connections
+a refuse outage closed); its statuses are always the canonical words, whatever the answers say.
+Requests to ``/_emulator/*`` and ``/health`` are not recorded; a dropped connection is recorded
+with ``"status": null``. ``POST /_emulator/reset`` forgets generations, videos, records and
+counters, restores the credit budget, refills the rate-limit buckets, re-arms the configured fault
+rules and brings back the configured outage windows, counted from the reset.
 
 Face detection rule: the emulator has no face detector. An image "has no face" when its URL
 contains ``noface`` (case-insensitive). A two-person scene (``hug``, ``kiss``, ``heart_gesture``)
@@ -77,6 +97,7 @@ from airflow_provider_klingfx.emulator.app import (
     EmulatorState,
     FaultRule,
     GenerationRecord,
+    Outage,
     RunningEmulator,
     create_app,
     run_emulator_in_thread,
@@ -92,6 +113,7 @@ __all__ = [
     "EmulatorState",
     "FaultRule",
     "GenerationRecord",
+    "Outage",
     "RunningEmulator",
     "create_app",
     "run_emulator_in_thread",

@@ -3,6 +3,9 @@
 Prints exactly one line on stdout once listening, ``KLINGFX EMULATOR LISTENING http://HOST:PORT``,
 so scripts can start it with ``--port 0`` and read the port. Logs go to stderr. Stops cleanly on
 SIGINT or SIGTERM.
+
+``--outage`` times count from startup. A ``refuse`` outage in force from the start (``0:...``)
+closes the port before the line is printed: the line gives the port that will answer once it ends.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from airflow_provider_klingfx.emulator.app import (
     create_app,
     format_url,
     iter_fault_rules,
+    parse_outages,
     parse_status_words,
     start_site,
 )
@@ -115,6 +119,36 @@ def build_parser() -> argparse.ArgumentParser:
         "actions: status, drop, drop_after_accept, accept_without_id, accept_unreadable (create only), "
         "truncate (video only), slow, garbage; repeatable",
     )
+    p.add_argument(
+        "--rate-limit",
+        type=float,
+        default=None,
+        metavar="RPS",
+        help="requests per second allowed per API key on create and fetch (both path styles; not the "
+        "video, samples, /health or /_emulator/*); over it: 429 with Retry-After (default: no limit)",
+    )
+    p.add_argument(
+        "--rate-limit-burst",
+        type=float,
+        default=None,
+        metavar="N",
+        help="requests a key may send at once (default: one second's worth, at least 1)",
+    )
+    p.add_argument(
+        "--rate-limit-no-retry-after",
+        action="store_true",
+        help="send the rate limit's 429 without a Retry-After header",
+    )
+    p.add_argument(
+        "--outage",
+        action="append",
+        default=[],
+        metavar="START:END[:MODE]",
+        help="an outage from START to END seconds after startup; MODE 503 (default: create and fetch "
+        "answer 503, the other routes work) or refuse (the port stops listening and open connections "
+        "are closed: nothing answers, /_emulator/* and /health included); repeatable; more can be "
+        "scheduled at run time with POST /_emulator/outage",
+    )
     p.add_argument("--credits", type=int, default=None, help="credit budget (default: unlimited)")
     p.add_argument(
         "--credits-per-generation",
@@ -143,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     """Build the configuration from parsed arguments.
 
     :param args: the parsed arguments.
-    :raises ValueError: on invalid values (e.g. a bad ``--fault`` or ``--status-word``).
+    :raises ValueError: on invalid values (e.g. a bad ``--fault``, ``--status-word`` or ``--outage``).
     """
     return EmulatorConfig(
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY,
@@ -159,6 +193,10 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         error_body=args.error_body,
         error_shape=args.error_shape,
         faults=list(iter_fault_rules(args.fault)),
+        rate_limit=args.rate_limit,
+        rate_limit_burst=args.rate_limit_burst,
+        rate_limit_retry_after=not args.rate_limit_no_retry_after,
+        outages=parse_outages(args.outage),
         credits=args.credits,
         credits_per_generation=args.credits_per_generation,
         render=args.render,

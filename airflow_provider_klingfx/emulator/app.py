@@ -16,10 +16,18 @@ Behaviour, in short (the package docstring has the user-facing version):
   ``error`` with a face-detection error; other scenes render it normally;
 * videos are real MP4s served by the emulator itself under ``/files/<uuid>/output.mp4``;
 * faults (HTTP errors, dropped connections, id-less create answers, cut downloads, slow or
-  non-JSON answers) are injected by rules.
+  non-JSON answers) are injected by rules;
+* an optional rate limit per key on create and fetch: a token bucket per hash of the key, checked
+  after the key, answering 429 (with ``Retry-After`` unless turned off);
+* outage windows on the injected clock: ``503`` ones answer create and fetch with 503 before
+  anything else (faults and the rate limit included); ``refuse`` ones close the listening socket
+  and the open connections and reopen the same port at the end, switched by a timer task on the
+  server's loop (:class:`_Listener`), so only servers started by :func:`start_site` have them.
 
 Every lookup a request does is a dict access: no request scans all generations, so thousands of
 generations polled concurrently cost the same per request as one. Only the admin stats walk them.
+The rate limit is one hash and one dict access; the outage check is a cached answer, recomputed
+from the (few) windows once per window edge.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import difflib
+import hashlib
 import hmac
 import json
 import logging
@@ -34,6 +43,7 @@ import math
 import os
 import random
 import re
+import socket
 import threading
 import time
 import uuid
@@ -93,6 +103,11 @@ RenderMode = Literal["eager", "lazy", "off"]
 UsageIn = Literal["both", "create", "fetch", "none"]
 UsageField = Literal["credits_used", "tokens_used"]
 ErrorBody = Literal["documented", "live"]
+OutageMode = Literal["503", "refuse"]
+OUTAGE_MODES: tuple[str, ...] = ("503", "refuse")
+#: How often (at most) the refuse-outage timer re-reads the state's clock: it sleeps until the next
+#: window edge, but a fake clock a test advances by hand only moves between those sleeps.
+_OUTAGE_POLL_SECONDS = 0.5
 
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # An id this emulator could have issued. The vendor's tracing page: on a poll, ``x-inference-id``
@@ -230,6 +245,61 @@ def _default_api_key() -> str:
     return os.environ.get(API_KEY_ENV) or DEFAULT_API_KEY
 
 
+def _as_number(value: object, name: str) -> float:
+    # JSON booleans are not numbers here, though Python would take them for 0 and 1.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class Outage:
+    """One outage window of the emulator.
+
+    :param start: when it starts, in seconds on the state's clock since the state was created (or
+        last reset).
+    :param end: when it ends (exclusive), same clock; must be after ``start``.
+    :param mode: ``"503"``: the API routes (create and fetch) answer 503 in the configured error
+        body, without ``Retry-After``; the video, sample, health and admin routes keep working.
+        ``"refuse"``: the emulator stops listening (new connections get ECONNREFUSED) and closes
+        the connections already open; nothing answers, not even the admin routes. Refuse needs a
+        server started by :func:`start_site` (:func:`run_emulator_in_thread`, the CLI).
+    """
+
+    start: float
+    end: float
+    mode: OutageMode = "503"
+
+    def __post_init__(self) -> None:
+        self.start = _as_number(self.start, "outage start")
+        self.end = _as_number(self.end, "outage end")
+        if self.start < 0 or self.end <= self.start:
+            raise ValueError(f"an outage needs 0 <= start < end, got {self.start:g}..{self.end:g}")
+        if self.mode not in OUTAGE_MODES:
+            raise ValueError(f"outage mode must be one of {list(OUTAGE_MODES)}, got {self.mode!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Outage:
+        """Build a window from JSON-like data ``{"start", "end"[, "mode"]}``.
+
+        :param data: keys are this class's fields.
+        :raises ValueError: on unknown keys, missing or invalid values.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an outage must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown or "start" not in data or "end" not in data:
+            raise ValueError(
+                f"an outage has the keys {sorted(known)} (start and end required), got {sorted(data)}"
+            )
+        return cls(start=data["start"], end=data["end"], mode=data.get("mode", "503"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """This window as JSON-able data (inverse of :meth:`from_dict`)."""
+        return {"start": self.start, "end": self.end, "mode": self.mode}
+
+
 @dataclass
 class EmulatorConfig:
     """How an emulator instance behaves.
@@ -277,6 +347,21 @@ class EmulatorConfig:
         message}]`` for validation errors) or ``"live"`` (seen live: ``{title, status, message,
         instance, requestId, timestamp, error: {name, message}}`` plus ``detail: [{loc, msg, type,
         input}]`` for validation errors).
+    :param rate_limit: requests per second allowed per API key on the API routes (create and fetch,
+        both path styles; not the video download, the samples, ``/health`` or ``/_emulator/*``);
+        ``None`` (default): no limit. A token bucket per key, refilled at ``rate_limit`` tokens a
+        second from the state's clock. The key is checked first: a 401 consumes nothing. Over the
+        limit the answer is 429 in the configured error body (a limited create makes no generation
+        and charges nothing). Only a hash of the key is kept.
+    :param rate_limit_burst: the bucket's capacity, i.e. how many requests may come at once;
+        default ``max(1, rate_limit)``, one second's worth. Must be >= 1.
+    :param rate_limit_retry_after: send ``Retry-After`` with a 429 (default): whole seconds until a
+        token is available, rounded up, at least 1. ``False``: no header.
+    :param outages: outage windows, see :class:`Outage` (dicts are converted with
+        :meth:`Outage.from_dict`); their times count from the creation (or reset) of the state.
+        More can be scheduled at run time (``POST /_emulator/outage``,
+        :meth:`RunningEmulator.schedule_outage`). Where a ``"refuse"`` and a ``"503"`` window
+        overlap, refuse wins.
     """
 
     api_key: str = field(default_factory=_default_api_key)
@@ -300,6 +385,10 @@ class EmulatorConfig:
     usage_field: UsageField = "credits_used"
     usd_per_credit: float = DEFAULT_USD_PER_CREDIT
     error_body: ErrorBody = "documented"
+    rate_limit: float | None = None
+    rate_limit_burst: float | None = None
+    rate_limit_retry_after: bool = True
+    outages: list[Outage] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.api_key:
@@ -338,6 +427,21 @@ class EmulatorConfig:
             raise ValueError(f"usd_per_credit must be a number >= 0, got {self.usd_per_credit!r}")
         if self.error_body not in ("documented", "live"):
             raise ValueError(f"error_body must be 'documented' or 'live', got {self.error_body!r}")
+        if self.rate_limit is not None and _as_number(self.rate_limit, "rate_limit") <= 0:
+            raise ValueError(f"rate_limit must be > 0 requests per second, got {self.rate_limit!r}")
+        if self.rate_limit_burst is not None:
+            if self.rate_limit is None:
+                raise ValueError("rate_limit_burst needs a rate_limit")
+            if _as_number(self.rate_limit_burst, "rate_limit_burst") < 1:
+                raise ValueError(f"rate_limit_burst must be >= 1, got {self.rate_limit_burst!r}")
+        self.outages = [o if isinstance(o, Outage) else Outage.from_dict(o) for o in self.outages]
+
+    @property
+    def rate_limit_capacity(self) -> float:
+        """The rate-limit bucket's capacity: ``rate_limit_burst`` or one second's worth (at least 1)."""
+        if self.rate_limit_burst is not None:
+            return self.rate_limit_burst
+        return max(1.0, self.rate_limit or 0.0)
 
     def wire_status(self, status: str) -> str:
         """The word the answers use for a canonical status (``status_words``, legacy ones, or itself).
@@ -434,6 +538,10 @@ class EmulatorState:
         self.http: ClientSession | None = None
         self.tiny_video: bytes | None = None
         self.samples: dict[str, bytes] = {}
+        #: The listening sockets refuse outages close and reopen; set by :func:`start_site` only.
+        self.listener: _Listener | None = None
+        #: Set whenever the outage windows change, to wake the refuse-outage timer.
+        self.outages_changed = asyncio.Event()
         self._reset_data()
 
     def _reset_data(self) -> None:
@@ -449,15 +557,28 @@ class EmulatorState:
         self.fault_rules: list[FaultRule] = list(self.config.faults)
         self._fault_seen: list[int] = [0] * len(self.fault_rules)
         self.pending_renders: set[asyncio.Task[None]] = set()
+        # Rate limit: sha256(key) -> [tokens, clock time of the last update]. A hash, so the key
+        # itself is not kept around (nor shown by a debugger walking the state).
+        self.rate_buckets: dict[bytes, list[float]] = {}
+        self.rate_limited = 0
+        # Outage windows count from here: the creation (or reset) of the state.
+        self.epoch = self.clock()
+        self.outages: list[Outage] = list(self.config.outages)
+        self.outage_rejected = 0
+        self.outage_connections_dropped = 0
+        self._forget_outage_span()
 
     def reset(self) -> None:
         """Forget every generation, video, request record and counter; re-arm the configured faults.
 
-        Renders in flight are cancelled. The credit budget is back to ``config.credits``.
+        Renders in flight are cancelled. The credit budget is back to ``config.credits``, the
+        rate-limit buckets are full again and the outage windows are the configured ones, counted
+        from now.
         """
         for task in list(self.pending_renders):
             task.cancel()
         self._reset_data()
+        self.outages_changed.set()
 
     def set_faults(self, rules: Sequence[FaultRule]) -> None:
         """Replace the fault rules (their counters start from zero).
@@ -487,6 +608,94 @@ class EmulatorState:
         if fired is not None:
             self.faults_injected += 1
         return fired
+
+    def take_token(self, key: str, now: float | None = None) -> float | None:
+        """Take one request from ``key``'s rate-limit bucket (``config.rate_limit`` must be set).
+
+        O(1): one hash and one dict access; the bucket is refilled lazily from the time elapsed.
+
+        :param key: the (authorized) bearer key.
+        :param now: clock time; default: read the clock.
+        :returns: ``None`` if the request may go, else the seconds until it could.
+        """
+        rate = cast("float", self.config.rate_limit)
+        capacity = self.config.rate_limit_capacity
+        now = self.clock() if now is None else now
+        digest = hashlib.sha256(key.encode()).digest()
+        bucket = self.rate_buckets.get(digest)
+        tokens = capacity if bucket is None else min(capacity, bucket[0] + max(0.0, now - bucket[1]) * rate)
+        # The tolerance: a refill of exactly 1/rate seconds must give a whole token despite floats.
+        if tokens >= 1 - 1e-9:
+            self.rate_buckets[digest] = [max(0.0, tokens - 1), now]
+            return None
+        self.rate_buckets[digest] = [tokens, now]
+        return (1 - tokens) / rate
+
+    def _forget_outage_span(self) -> None:
+        # Cache of outage_window(): its answer holds for clock times in [lo, hi).
+        self._outage_span: tuple[float, float, OutageMode | None] = (math.inf, -math.inf, None)
+
+    def outage_window(self, now: float) -> tuple[OutageMode | None, float]:
+        """The outage in force at clock time ``now`` and the clock time it may change.
+
+        Amortized O(1): the answer is cached until the next window edge, so requests don't scan
+        the windows (they only do so once per edge).
+
+        :param now: clock time.
+        :returns: ``(mode or None, clock time of the next edge or inf)``.
+        """
+        lo, hi, mode = self._outage_span
+        if lo <= now < hi:
+            return mode, hi
+        t = now - self.epoch
+        lo, hi, mode = -math.inf, math.inf, None
+        for window in self.outages:
+            if window.start <= t < window.end:
+                if mode != "refuse":
+                    mode = window.mode
+                lo, hi = max(lo, window.start), min(hi, window.end)
+            elif t < window.start:
+                hi = min(hi, window.start)
+            else:
+                lo = max(lo, window.end)
+        self._outage_span = (lo + self.epoch, hi + self.epoch, mode)
+        return mode, hi + self.epoch
+
+    def outage_at(self, now: float | None = None) -> OutageMode | None:
+        """The outage in force now (``"503"``, ``"refuse"``) or ``None``.
+
+        :param now: clock time; default: read the clock.
+        """
+        if not self.outages:
+            return None
+        return self.outage_window(self.clock() if now is None else now)[0]
+
+    def schedule_outage(self, start_in: float, duration: float, mode: str = "503") -> Outage:
+        """Add an outage window starting ``start_in`` seconds from now on the state's clock.
+
+        :param start_in: seconds from now (>= 0).
+        :param duration: seconds (> 0).
+        :param mode: ``"503"`` or ``"refuse"`` (see :class:`Outage`).
+        :returns: the window, its times counted like the configured ones.
+        :raises ValueError: on invalid values, or ``"refuse"`` on a server :func:`start_site` did
+            not start (aiohttp's test server: its socket is not the emulator's to close).
+        """
+        start_in = _as_number(start_in, "start_in")
+        duration = _as_number(duration, "duration")
+        if start_in < 0 or duration <= 0:
+            raise ValueError(
+                f"an outage needs start_in >= 0 and duration > 0, got {start_in:g}, {duration:g}"
+            )
+        if mode not in OUTAGE_MODES:
+            raise ValueError(f"outage mode must be one of {list(OUTAGE_MODES)}, got {mode!r}")
+        if mode == "refuse" and self.listener is None:
+            raise ValueError(_REFUSE_UNSUPPORTED)
+        start = self.clock() - self.epoch + start_in
+        window = Outage(start, start + duration, cast("OutageMode", mode))
+        self.outages.append(window)
+        self._forget_outage_span()
+        self.outages_changed.set()
+        return window
 
     def status_of(self, gen: GenerationRecord, now: float | None = None) -> str:
         """The generation's canonical status now: ``queued``, ``generating``, ``completed`` or ``error``.
@@ -529,6 +738,11 @@ class EmulatorState:
             "credits_spent": self.credits_spent,
             "credits_remaining": self.credits_remaining,
             "fault_rules": [r.to_dict() for r in self.fault_rules],
+            "rate_limited": self.rate_limited,
+            "outages": [o.to_dict() for o in self.outages],
+            "outage_active": self.outage_at(now),
+            "outage_rejected": self.outage_rejected,
+            "outage_connections_dropped": self.outage_connections_dropped,
         }
 
     async def wait_for_renders(self, timeout: float = 60.0) -> None:
@@ -544,6 +758,12 @@ class EmulatorState:
                 raise TimeoutError(f"{len(self.pending_renders)} renders still running after {timeout}s")
             await asyncio.wait(set(self.pending_renders), timeout=remaining)
 
+
+_REFUSE_UNSUPPORTED = (
+    "refuse outages need a server started by start_site() (run_emulator_in_thread or the CLI), "
+    "which can close and reopen its listening socket; this one (e.g. aiohttp's test server) can't: "
+    "use mode '503' here"
+)
 
 STATE_KEY = web.AppKey("klingfx_emulator_state", EmulatorState)
 # Typed request-storage keys where aiohttp has them (3.12+: plain strings there warn); plain
@@ -636,12 +856,31 @@ def _envelope(
     return web.json_response(body, status=status, headers=headers)
 
 
-def _authorized(request: web.Request, api_key: str) -> bool:
+def _bearer_token(request: web.Request) -> str | None:
     scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer":
-        return False
+    return token.strip() if scheme.lower() == "bearer" else None
+
+
+def _authorized(request: web.Request, api_key: str) -> bool:
+    token = _bearer_token(request)
     # Constant-time comparison: the emulator may listen beyond localhost in someone's setup.
-    return hmac.compare_digest(token.strip().encode(), api_key.encode())
+    return token is not None and hmac.compare_digest(token.encode(), api_key.encode())
+
+
+def _rate_limited(request: web.Request) -> web.Response | None:
+    """The 429 answer if the (authorized) key is over ``rate_limit``, else None (a token is taken)."""
+    state = request.app[STATE_KEY]
+    config = state.config
+    # Read at each request, so tests may change it on a running emulator; bypassing the config's
+    # validation that way, 0 (or less) means no limit, like None.
+    if config.rate_limit is None or config.rate_limit <= 0:
+        return None
+    wait = state.take_token(cast("str", _bearer_token(request)))
+    if wait is None:
+        return None
+    state.rate_limited += 1
+    headers = {"Retry-After": str(max(1, math.ceil(wait)))} if config.rate_limit_retry_after else None
+    return _envelope(request, 429, "Too Many Requests", headers=headers)
 
 
 def _route_kind(request: web.Request) -> str | None:
@@ -895,7 +1134,11 @@ async def _middleware(
     # Admin and health endpoints are the observer: they are neither faulted nor recorded.
     observed = not (request.path.startswith("/_emulator/") or request.path == "/health")
     kind = _route_kind(request)
-    fault = state.take_fault(request.method, kind) if kind else None
+    # An outage comes before everything else: faults neither fire nor count on what it answers.
+    outage = state.outage_at()
+    if outage == "503" and kind not in ("create", "fetch"):
+        outage = None  # a 503 outage is the API's: the other routes keep working
+    fault = state.take_fault(request.method, kind) if kind and outage is None else None
     entry: dict[str, Any] = {
         "method": request.method,
         "path": request.path,
@@ -906,7 +1149,15 @@ async def _middleware(
     }
     try:
         resp: web.StreamResponse
-        if fault is None:
+        if outage == "refuse":
+            # The listener is closed at the window's start; this request got in just before (or a
+            # fake clock moved between two checks of the timer): nothing answers in a refuse outage.
+            state.outage_connections_dropped += 1
+            resp = _drop_connection(request)
+        elif outage == "503":
+            state.outage_rejected += 1
+            resp = _envelope(request, 503, "Service Unavailable")
+        elif fault is None:
             resp = await handler(request)
         elif fault.action == "status":
             assert fault.status is not None
@@ -997,6 +1248,9 @@ async def _create(request: web.Request) -> web.Response:
     config = state.config
     if not _authorized(request, config.api_key):
         return _envelope(request, 401, "Unauthorized")
+    limited = _rate_limited(request)
+    if limited is not None:
+        return limited
     raw = await request.read()
     try:
         body = json.loads(raw)
@@ -1060,6 +1314,10 @@ async def _fetch(request: web.Request) -> web.Response:
         headers["x-inference-id"] = gen_id
     if not _authorized(request, config.api_key):
         return _envelope(request, 401, "Unauthorized", headers=headers)
+    # Like a gateway's 429: before the API looks at the request, so without x-inference-id.
+    limited = _rate_limited(request)
+    if limited is not None:
+        return limited
     if not gen_id:
         return _envelope(
             request,
@@ -1205,6 +1463,23 @@ async def _set_faults(request: web.Request) -> web.Response:
     return web.json_response({"rules": [r.to_dict() for r in rules]})
 
 
+async def _set_outage(request: web.Request) -> web.Response:
+    """``POST /_emulator/outage`` ``{"start_in", "duration"[, "mode"]}``: schedule a window."""
+    state = request.app[STATE_KEY]
+    try:
+        body = json.loads(await request.read())
+        if (
+            not isinstance(body, dict)
+            or "duration" not in body
+            or set(body) - {"start_in", "duration", "mode"}
+        ):
+            raise ValueError('expected {"start_in": seconds, "duration": seconds, "mode": "503" or "refuse"}')
+        window = state.schedule_outage(body.get("start_in", 0), body["duration"], body.get("mode", "503"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return _envelope(request, 400, "Body validation error!", problems=[_Problem("", str(exc), ("body",))])
+    return web.json_response(window.to_dict())
+
+
 async def _reset(request: web.Request) -> web.Response:
     request.app[STATE_KEY].reset()
     return web.json_response({"reset": True})
@@ -1229,6 +1504,9 @@ def _check_extras() -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """Create the executor, the HTTP client and (render off) the fixed video; tear them down."""
     state = app[STATE_KEY]
+    # start_site() attached the listener before this runs; any other server can't refuse.
+    if state.listener is None and any(o.mode == "refuse" for o in state.config.outages):
+        raise RuntimeError(_REFUSE_UNSUPPORTED)
     state.executor = ThreadPoolExecutor(
         max_workers=state.config.render_concurrency + 1, thread_name_prefix="klingfx-emulator-render"
     )
@@ -1277,7 +1555,9 @@ def create_app(
     app.router.add_get("/_emulator/stats", _stats)
     app.router.add_post("/_emulator/faults", _set_faults)
     app.router.add_post("/_emulator/reset", _reset)
+    app.router.add_post("/_emulator/outage", _set_outage)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_listener)
     return app
 
 
@@ -1295,23 +1575,170 @@ def format_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+async def _listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address of ``host`` (as asyncio's ``create_server`` binds them)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            # The port was ours a moment ago: connections of before, in TIME_WAIT, must not keep
+            # the new socket from binding it. (Not on Windows, where it lets others take the port.)
+            if os.name == "posix":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class _Listener:
+    """The listening sockets of a server :func:`start_site` started, and the refuse-outage timer.
+
+    A refuse outage is one at the TCP level: the sockets are closed (connecting gets ECONNREFUSED)
+    and so are the open connections, then at the window's end new sockets listen on the same host
+    and port. A task on the server's loop does the switching at the window edges, whether requests
+    arrive or not. The listener binds the sockets itself (served by ``SockSite``) so that it can
+    stop accepting before it closes them.
+    """
+
+    def __init__(self, state: EmulatorState, runner: web.AppRunner, host: str, port: int) -> None:
+        self.state = state
+        self.runner = runner
+        self.host = host
+        self.port = port
+        self.sockets: list[socket.socket] = []
+        self.sites: list[web.SockSite] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def listen(self) -> None:
+        """Start listening (again) on ``host:port``."""
+        socks = await _listening_sockets(self.host, self.port)
+        sites = [web.SockSite(self.runner, sock) for sock in socks]
+        try:
+            for site in sites:
+                await site.start()
+        except BaseException:
+            for site in sites:
+                if site in self.runner.sites:
+                    await site.stop()
+            for sock in socks:
+                sock.close()
+            raise
+        self.sockets, self.sites = socks, sites
+
+    async def _stop_sites(self) -> None:
+        sites, self.sites, self.sockets = self.sites, [], []
+        for site in sites:
+            if site in self.runner.sites:  # the runner's cleanup may have stopped it already
+                await site.stop()  # closes its socket
+
+    async def refuse(self) -> None:
+        """Stop listening and close every open connection (keep-alive or in the middle of a request)."""
+        loop = asyncio.get_running_loop()
+        for sock in self.sockets:
+            with contextlib.suppress(NotImplementedError):  # Windows' proactor loop
+                loop.remove_reader(sock.fileno())
+        # Stop accepting first, then let the connections accepted just now finish their setup, so
+        # they are closed below like the others: asyncio's server, once closed, fails to set them
+        # up and leaves their sockets open with no one reading (the client would hang).
+        for _ in range(3):
+            await asyncio.sleep(0)
+        await self._stop_sites()
+        server = self.runner.server
+        dropped = 0
+        for handler in server.connections if server is not None else []:
+            # force_close: close() would leave an idle keep-alive connection open.
+            handler.force_close()
+            dropped += 1
+        self.state.outage_connections_dropped += dropped
+        log.info("outage: refusing connections on port %s; closed %d open connections", self.port, dropped)
+
+    async def apply(self) -> float | None:
+        """Listen or refuse as the outage windows say now.
+
+        :returns: the clock time of the next window edge, or None if no refuse window lies ahead.
+        """
+        state = self.state
+        now = state.clock()
+        mode, edge = state.outage_window(now)
+        if mode == "refuse" and self.sites:
+            await self.refuse()
+        elif mode != "refuse" and not self.sites:
+            await self.listen()
+            log.info("outage over: listening on port %s again", self.port)
+        # Judged at the same clock reading as the switch: a clock moving meanwhile must not make
+        # the timer sleep through an edge.
+        ahead = any(o.mode == "refuse" and o.end > now - state.epoch for o in state.outages)
+        return edge if ahead else None
+
+    def start(self) -> None:
+        """Start the timer that applies the outage windows at their edges."""
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        state = self.state
+        while True:
+            state.outages_changed.clear()  # before reading the windows: a change now wakes us up
+            edge: float | None
+            try:
+                edge = await self.apply()
+            except Exception:  # e.g. the port was taken during the outage: keep trying
+                log.exception("could not apply the outage windows on port %s; retrying", self.port)
+                edge = state.clock() + 0.1
+            # Sleep until the next edge (the clock may be a fake one that only moves between
+            # looks: hence the cap), or, without a refuse window ahead, until the windows change.
+            timeout = None if edge is None else min(max(0.0, edge - state.clock()), _OUTAGE_POLL_SECONDS)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(state.outages_changed.wait(), timeout)
+
+    async def close(self) -> None:
+        """Stop the timer; stop the sites it may have reopened after the runner stopped its sites."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._stop_sites()
+
+
+async def _stop_listener(app: web.Application) -> None:
+    listener = app[STATE_KEY].listener
+    if listener is not None:
+        await listener.close()
+
+
 async def start_site(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
     """Start ``app`` on ``host:port`` with the header-free access log; return (runner, bound port).
+
+    Only a server started here supports ``"refuse"`` outages: it owns its listening socket. If one
+    is in force from the start, this returns with the socket already closed.
 
     :param app: the application from :func:`create_app`.
     :param host: address to bind.
     :param port: port to bind; 0 picks a free one.
     """
+    state = app[STATE_KEY]
     runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
+    listener = _Listener(state, runner, host, port)
+    state.listener = listener  # before setup: the app's startup checks it is there for refuse windows
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
+        await listener.listen()
+        bound = int(listener.sockets[0].getsockname()[1])
+        listener.port = bound  # reopen on the port actually bound (port 0)
+        await listener.apply()
+        listener.start()
     except BaseException:
         await runner.cleanup()
         raise
-    bound = runner.addresses[0][1] if runner.addresses else port
-    return runner, int(bound)
+    return runner, bound
 
 
 class RunningEmulator:
@@ -1373,6 +1800,17 @@ class RunningEmulator:
     def reset(self) -> None:
         """Same as ``POST /_emulator/reset``."""
         self.call(self.state.reset)
+
+    def schedule_outage(self, start_in: float, duration: float, mode: str = "503") -> Outage:
+        """Schedule an outage window, like ``POST /_emulator/outage`` (which a refuse one makes unreachable).
+
+        :param start_in: seconds from now on the state's clock (>= 0).
+        :param duration: seconds (> 0).
+        :param mode: ``"503"`` or ``"refuse"``, see :class:`Outage`.
+        :returns: the window, its times counted from the state's creation or reset.
+        :raises ValueError: on invalid values.
+        """
+        return cast("Outage", self.call(lambda: self.state.schedule_outage(start_in, duration, mode)))
 
     def wait_for_renders(self, timeout: float = 60.0) -> None:
         """Block until no render is in flight.
@@ -1469,6 +1907,27 @@ def parse_status_words(raw: Sequence[str]) -> dict[str, str]:
             )
         words[status] = word
     return words
+
+
+def parse_outages(raw: Sequence[str]) -> list[Outage]:
+    """Parse ``--outage START:END[:MODE]`` strings into outage windows.
+
+    :param raw: the strings, e.g. ``["10:20", "30:35:refuse"]`` (MODE defaults to ``503``).
+    :raises ValueError: on a malformed string or invalid window.
+    """
+    outages: list[Outage] = []
+    for text in raw:
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError("expected START:END or START:END:MODE")
+            mode = parts[2].strip() if len(parts) == 3 else "503"
+            outages.append(Outage(float(parts[0]), float(parts[1]), cast("OutageMode", mode)))
+        except ValueError as exc:
+            raise ValueError(
+                f"--outage must look like START:END[:MODE] (MODE 503 or refuse), got {text!r}: {exc}"
+            ) from exc
+    return outages
 
 
 def iter_fault_rules(raw: Sequence[str]) -> Iterator[FaultRule]:

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 from airflow.sdk import BaseHook
 
-from airflow_provider_klingfx import _api
+from airflow_provider_klingfx import _api, _health
 from airflow_provider_klingfx._compat import AirflowNotFoundException
 from airflow_provider_klingfx._polling import GenerationWatch
 from airflow_provider_klingfx._retry import RetryPolicy
@@ -123,9 +123,11 @@ class KlingFxHook(BaseHook):
     (when the Base URL names none), *API key* (password), and extras: ``endpoint``, ``universal``
     (``/v2/video/generations``, default) or ``legacy`` (``/v2/generate/video/kling/generation``);
     ``connect_timeout`` and ``read_timeout``; ``poll_schedule``, ``fixed`` (default) or
-    ``adaptive``, with ``expected_seconds``. Proxies come from the usual environment variables
-    (``HTTPS_PROXY``, ``HTTP_PROXY``, ``NO_PROXY``) on both the worker and the triggerer (read once
-    per hook there).
+    ``adaptive``, with ``expected_seconds``; ``poll_coordination``, ``shared`` (default: the polls of
+    one process slow down together on 429s and wait behind one probe during an outage, see
+    :mod:`airflow_provider_klingfx._health`) or ``per_trigger``; ``max_polls_per_second``, a cap.
+    Proxies come from the usual environment variables (``HTTPS_PROXY``, ``HTTP_PROXY``,
+    ``NO_PROXY``) on both the worker and the triggerer (read once per hook there).
 
     :param klingfx_conn_id: the Airflow connection to use.
     :param connect_timeout: seconds to open a connection (default: the connection's extra
@@ -167,6 +169,8 @@ class KlingFxHook(BaseHook):
         self._session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
         self._async_proxy: tuple[str | None] | None = None  # (proxy,) once resolved
+        self._sync_health_gate: _health.SyncGate | None = None
+        self._async_health_gate: tuple[asyncio.AbstractEventLoop, _health.AsyncGate] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
@@ -195,7 +199,7 @@ class KlingFxHook(BaseHook):
                     widget=BS3TextFieldWidget(),
                     validators=validators,
                     description=spec["description"],
-                    default=str(spec["schema"]["default"]),
+                    default="" if spec["schema"]["default"] is None else str(spec["schema"]["default"]),
                 )
             return widgets
 
@@ -274,6 +278,42 @@ class KlingFxHook(BaseHook):
         left = max(0.05, deadline - self._clock())
         return min(connect, left), min(read, left), left
 
+    # -- the shared view of the API's health (rate limits, outages) -------------------------
+
+    def _hold_limit(self, deadline: float | None) -> float:
+        # A poll with no deadline of its own (a connection test) waits at most one read timeout.
+        return deadline if deadline is not None else self._clock() + self.read_timeout
+
+    def _sync_gate(self, settings: _api.ApiSettings) -> _health.SyncGate | None:
+        """This hook's gate for its polls (a worker or a sensor follows one generation)."""
+        if settings.poll_coordination != "shared":
+            return None
+        if self._sync_health_gate is None:
+            health = _health.ApiHealth(
+                name=settings.base_url,
+                emit=lambda level, message: self.log.log(level, message),
+                max_rate=settings.max_polls_per_second,
+            )
+            self._sync_health_gate = _health.SyncGate(health, self._sleep, self._clock)
+        return self._sync_health_gate
+
+    def _async_gate(self, settings: _api.ApiSettings) -> _health.AsyncGate | None:
+        """The running event loop's gate for this API and key, shared with every other hook."""
+        if settings.poll_coordination != "shared":
+            return None
+        loop = asyncio.get_running_loop()
+        if self._async_health_gate is None or self._async_health_gate[0] is not loop:
+            # Looked up once per hook and loop: the lookup hashes the key.
+            gate = _health.async_gate(
+                settings.base_url,
+                settings.api_key.reveal(),
+                max_rate=settings.max_polls_per_second,
+                clock=self._clock,
+                sleep=self._async_sleep,
+            )
+            self._async_health_gate = (loop, gate)
+        return self._async_health_gate[1]
+
     # -- sync I/O ---------------------------------------------------------------------------
 
     def get_conn(self) -> requests.Session:
@@ -330,9 +370,23 @@ class KlingFxHook(BaseHook):
         deadline: float | None = None,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
+        gate = self._sync_gate(settings) if method == "GET" else None
+
+        def attempt() -> tuple[Any, Mapping[str, str]]:
+            if gate is None:
+                return self._send(method, url, settings.path, headers, body, deadline)
+            role = gate.acquire(self._hold_limit(deadline), settings.path)
+            try:
+                answer = self._send(method, url, settings.path, headers, body, deadline)
+            except KlingFxError as exc:
+                gate.report(role, exc)
+                raise
+            gate.report(role, None)
+            return answer
+
         try:
             return self.retry_policy.call(
-                lambda: self._send(method, url, settings.path, headers, body, deadline),
+                attempt,
                 idempotent=method == "GET",
                 what=f"{method} {settings.path}",
                 sleep=self._sleep,
@@ -531,11 +585,29 @@ class KlingFxHook(BaseHook):
         body: Any = None,
         client_request_id: str | None = None,
         deadline: float | None = None,
+        spread: float = 0.0,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
+        gate = self._async_gate(settings) if method == "GET" else None
+
+        async def attempt() -> tuple[Any, Mapping[str, str]]:
+            if gate is None:
+                return await self._asend(method, url, settings.path, headers, body, deadline)
+            role = gate.try_acquire() or await gate.acquire(self._hold_limit(deadline), settings.path, spread)
+            try:
+                answer = await self._asend(method, url, settings.path, headers, body, deadline)
+            except KlingFxError as exc:
+                gate.report(role, exc)
+                raise
+            except BaseException:  # cancelled: the trigger went away before the answer
+                gate.abandon(role)
+                raise
+            gate.report(role, None)
+            return answer
+
         try:
             return await self.retry_policy.acall(
-                lambda: self._asend(method, url, settings.path, headers, body, deadline),
+                attempt,
                 idempotent=method == "GET",
                 what=f"{method} {settings.path}",
                 sleep=self._async_sleep,
@@ -556,15 +628,24 @@ class KlingFxHook(BaseHook):
         )
         return _api.parse_submission(payload, headers)
 
-    async def aget_generation(self, generation_id: str, *, deadline: float | None = None) -> Generation:
+    async def aget_generation(
+        self, generation_id: str, *, deadline: float | None = None, poll_interval: float = 0.0
+    ) -> Generation:
         """Async twin of :meth:`get_generation`.
 
+        The poll goes through the event loop's shared view of the API (see
+        :mod:`airflow_provider_klingfx._health`): it may wait for its turn while the API rate-limits
+        the key or is down, never past ``deadline``.
+
         :param generation_id: the vendor's generation id.
-        :param deadline: epoch seconds; retries and request timeouts never reach past it.
+        :param deadline: epoch seconds; retries, request timeouts and waiting for a turn never
+            reach past it.
+        :param poll_interval: the caller's poll interval: polls held during an outage resume spread
+            over it.
         """
         settings = await self.aget_settings()
         payload, headers = await self._acall(
-            "GET", settings.fetch_url(generation_id), settings, deadline=deadline
+            "GET", settings.fetch_url(generation_id), settings, deadline=deadline, spread=poll_interval
         )
         return Generation.from_api(payload, headers)
 

@@ -189,7 +189,9 @@ class KlingFxGenerationTrigger(BaseTrigger):
         while True:
             result: Generation | KlingFxError
             try:
-                result = await hook.aget_generation(self.generation_id, deadline=watch.deadline)
+                result = await hook.aget_generation(
+                    self.generation_id, deadline=watch.deadline, poll_interval=self.poll_interval
+                )
             except KlingFxError as exc:
                 result = exc
             now = self._clock()

@@ -8,14 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
-import socket
 import sqlite3
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -24,10 +19,10 @@ import pytest
 from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY
+from tests.deployment.harness import Deployment
 
 pytestmark = pytest.mark.deployment
 
-BIN = Path(sys.executable).parent
 HERE = Path(__file__).resolve().parent
 GENERATIONS = 20
 TRIGGERER_RESTARTS = 2
@@ -43,87 +38,6 @@ FAULTS = [
     {"action": "garbage", "route": "fetch", "skip": 24, "times": 2},
     {"action": "slow", "route": "fetch", "skip": 28, "times": 2, "delay": 2},
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Deployment:
-    """Airflow's own processes, each in its own session so the test can kill exactly what it started."""
-
-    def __init__(self, home: Path, env: dict[str, str]) -> None:
-        self.home = home
-        self.env = env
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = home / "process-logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.starts: dict[str, int] = {}
-
-    def cli(self, *args: str, timeout: float = 120) -> str:
-        proc = subprocess.run(
-            [str(BIN / "airflow"), *args],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        assert proc.returncode == 0, f"airflow {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
-        return proc.stdout + proc.stderr
-
-    def start(self, name: str, *args: str) -> None:
-        self.starts[name] = self.starts.get(name, 0) + 1
-        out = open(self.logs / f"{name}-{self.starts[name]}.log", "wb")  # noqa: SIM115 - closed by the process
-        self.procs[name] = subprocess.Popen(
-            [str(BIN / "airflow"), *args],
-            env=self.env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self, name: str) -> None:
-        proc = self.procs.pop(name, None)
-        if proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            proc = self.procs[name]
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for name in list(self.procs):
-            proc = self.procs[name]
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-                self.procs.pop(name)
-            except subprocess.TimeoutExpired:
-                self.kill(name)
-
-    def query(self, sql: str, *params: object) -> list[tuple]:
-        with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
-            return db.execute(sql, params).fetchall()
-
-    def wait_for(self, what: str, predicate, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if predicate():
-                    return
-            except sqlite3.OperationalError:
-                pass  # the database is busy: try again
-            time.sleep(0.5)
-        tails = "\n".join(
-            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.logs.glob("*.log"))
-        )
-        raise AssertionError(f"timed out waiting for {what}\n{tails}")
 
 
 def processes_running(marker: str) -> list[int]:
@@ -243,109 +157,71 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
         faults=[FaultRule(**f) for f in FAULTS],
     )
     home = tmp_path / "airflow"
-    dags = home / "dags"
-    dags.mkdir(parents=True)
-    for dag_file in (HERE / "dags").glob("*.py"):
-        shutil.copy(dag_file, dags)
-    api_port = free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")},
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": "8",
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api_port}/execution/",
-        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_SEC": "1",
-        "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
-        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
-        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
-    }
-    deployment = Deployment(home, env)
-    with run_emulator_in_thread(config) as emulator:
-        try:
-            deployment.cli("db", "migrate")
-            # The connection lives in the metadata DB, not in an env var, as in production.
-            deployment.cli(
-                "connections", "add", "klingfx_default", "--conn-type", "klingfx",
-                "--conn-host", emulator.url, "--conn-password", API_KEY,
-            )  # fmt: skip
-            deployment.start("api-server", "api-server", "-H", "127.0.0.1", "-p", str(api_port), "-w", "1")
-            deployment.start("dag-processor", "dag-processor")
-            deployment.start("scheduler", "scheduler", "--skip-serve-logs")
-            deployment.start("triggerer", "triggerer", "--skip-serve-logs")
+    deployment = Deployment(
+        home,
+        shape="local",
+        dags=[p for p in sorted((HERE / "dags").glob("*.py")) if p.name != "klingfx_production_dag.py"],
+        parallelism=8,
+        env={
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "2",
+            "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "2",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "20",
+        },
+    )
+    with run_emulator_in_thread(config) as emulator, deployment:
+        deployment.migrate()
+        # The connection lives in the metadata DB, not in an env var, as in production.
+        deployment.cli(
+            "connections", "add", "klingfx_default", "--conn-type", "klingfx",
+            "--conn-host", emulator.url, "--conn-password", API_KEY,
+        )  # fmt: skip
+        deployment.start_processes()
+        deployment.wait_parsed("test_klingfx_deployment", timeout=120)
+        photos = [f"{emulator.url}/samples/person-{i % 3 + 1}.png?i={i}" for i in range(GENERATIONS)]
+        deployment.cli("dags", "unpause", "test_klingfx_deployment")
+        deployment.cli("dags", "trigger", "test_klingfx_deployment", "-c", json.dumps({"photos": photos}))
 
-            def api_up() -> bool:
-                try:
-                    with urllib.request.urlopen(
-                        f"http://127.0.0.1:{api_port}/api/v2/monitor/health", timeout=2
-                    ):
-                        return True
-                except OSError:
-                    return False
+        def deferred() -> int:
+            return deployment.query(
+                "SELECT count(*) FROM task_instance WHERE dag_id = 'test_klingfx_deployment' "
+                "AND task_id = 'effect' AND state = 'deferred'"
+            )[0][0]
 
-            deployment.wait_for("the API server", api_up, 120)
-            deployment.wait_for(
-                "the DAG to be parsed",
-                lambda: deployment.query("SELECT 1 FROM dag WHERE dag_id = 'test_klingfx_deployment'"),
-                120,
+        trigger_rows_checked = 0
+        for restart in range(TRIGGERER_RESTARTS):
+            deployment.wait_for(f"deferred tasks before restart {restart + 1}", lambda: deferred() >= 5, 180)
+            # Trigger rows exist only while tasks are deferred: this is when the key could leak there.
+            rows = deployment.query("SELECT classpath, kwargs FROM trigger")
+            assert rows
+            for classpath, kwargs in rows:
+                assert API_KEY not in kwargs
+                assert "generation_id" in kwargs and "deadline" in kwargs, kwargs
+                assert classpath.endswith("KlingFxGenerationTrigger")
+            trigger_rows_checked += len(rows)
+            deployment.kill("triggerer")
+            time.sleep(2)
+            deployment.start_triggerer("triggerer")
+
+        def run_state() -> str | None:
+            return deployment.run_state("test_klingfx_deployment")
+
+        deployment.wait_for("the DAG run to finish", lambda: run_state() in {"success", "failed"}, 420)
+        wall = time.monotonic() - started
+        states = deployment.query(
+            "SELECT state, count(*) FROM task_instance WHERE dag_id = 'test_klingfx_deployment' "
+            "AND task_id = 'effect' GROUP BY state"
+        )
+        urls = [
+            json.loads(v)
+            for (v,) in deployment.query(
+                "SELECT value FROM xcom WHERE dag_id = 'test_klingfx_deployment' AND task_id = 'effect' "
+                "AND key = 'return_value'"
             )
-            photos = [f"{emulator.url}/samples/person-{i % 3 + 1}.png?i={i}" for i in range(GENERATIONS)]
-            deployment.cli("dags", "unpause", "test_klingfx_deployment")
-            deployment.cli("dags", "trigger", "test_klingfx_deployment", "-c", json.dumps({"photos": photos}))
-
-            def deferred() -> int:
-                return deployment.query(
-                    "SELECT count(*) FROM task_instance WHERE dag_id = 'test_klingfx_deployment' "
-                    "AND task_id = 'effect' AND state = 'deferred'"
-                )[0][0]
-
-            trigger_rows_checked = 0
-            for restart in range(TRIGGERER_RESTARTS):
-                deployment.wait_for(
-                    f"deferred tasks before restart {restart + 1}", lambda: deferred() >= 5, 180
-                )
-                # Trigger rows exist only while tasks are deferred: this is when the key could leak there.
-                rows = deployment.query("SELECT classpath, kwargs FROM trigger")
-                assert rows
-                for classpath, kwargs in rows:
-                    assert API_KEY not in kwargs
-                    assert "generation_id" in kwargs and "deadline" in kwargs, kwargs
-                    assert classpath.endswith("KlingFxGenerationTrigger")
-                trigger_rows_checked += len(rows)
-                deployment.kill("triggerer")
-                time.sleep(2)
-                deployment.start("triggerer", "triggerer", "--skip-serve-logs")
-
-            def run_state() -> str | None:
-                rows = deployment.query(
-                    "SELECT state FROM dag_run WHERE dag_id = 'test_klingfx_deployment' "
-                    "ORDER BY id DESC LIMIT 1"
-                )
-                return rows[0][0] if rows else None
-
-            deployment.wait_for("the DAG run to finish", lambda: run_state() in {"success", "failed"}, 420)
-            wall = time.monotonic() - started
-            states = deployment.query(
-                "SELECT state, count(*) FROM task_instance WHERE dag_id = 'test_klingfx_deployment' "
-                "AND task_id = 'effect' GROUP BY state"
-            )
-            urls = [
-                json.loads(v)
-                for (v,) in deployment.query(
-                    "SELECT value FROM xcom WHERE dag_id = 'test_klingfx_deployment' AND task_id = 'effect' "
-                    "AND key = 'return_value'"
-                )
-            ]
-            stats = emulator.stats()
-            worker_death = kill_a_polling_worker(deployment, emulator)
-            cleared = change_the_scene_and_clear(deployment, emulator)
-        finally:
-            deployment.stop_all()
+        ]
+        stats = emulator.stats()
+        worker_death = kill_a_polling_worker(deployment, emulator)
+        cleared = change_the_scene_and_clear(deployment, emulator)
+        final_state = run_state()
 
     summary = (
         f"deployment test: generations={GENERATIONS} succeeded={dict(states).get('success', 0)} "
@@ -364,7 +240,7 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
     )
     print(summary)
     record_property("summary", summary)
-    assert run_state() == "success", states
+    assert final_state == "success", states
     assert dict(states) == {"success": GENERATIONS}
     assert len(set(urls)) == GENERATIONS
     assert all(u.startswith(emulator.url + "/files/") for u in urls)

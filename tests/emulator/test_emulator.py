@@ -10,7 +10,6 @@ import copy
 import io
 import json
 import logging
-import os
 import re
 import select
 import signal
@@ -20,7 +19,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -32,45 +30,34 @@ import av
 import jsonschema
 import pytest
 import yarl
-from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
 from airflow_provider_klingfx.domain import EFFECT_SCENES, ONE_SUBJECT_SCENES, TWO_PERSON_SCENES
 from airflow_provider_klingfx.emulator import (
-    ACCESS_LOG_FORMAT,
-    STATE_KEY,
     EmulatorConfig,
-    EmulatorState,
     FaultRule,
-    create_app,
     run_emulator_in_thread,
 )
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args, main
+from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
 from airflow_provider_klingfx.emulator.app import iter_fault_rules, validate_create_body
 from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+from tests.emulator.helpers import (
+    API_KEY,
+    AUTH,
+    CREATE_PATH,
+    LEGACY_PATH,
+    REPO_ROOT,
+    STANDARD,
+    Emu,
+    MakeEmu,
+    assert_cli_rejects,
+    cli_help_text,
+    start_cli,
+)
 
-API_KEY = "test-key-1c0ffee"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-CREATE_PATH = "/v2/video/generations"
-LEGACY_PATH = "/v2/generate/video/kling/generation"
-STANDARD = "klingai/kling-video-v1.6-standard-effects"
 PRO = "klingai/kling-video-v1.6-pro-effects"
-REPO_ROOT = Path(__file__).parents[2]
 # The vendor's contract, copied into the repo (tests/contract/README.md says from where).
 OPENAPI_PATH = REPO_ROOT / "tests" / "contract" / "kling-v1.6-effects.openapi.json"
-
-
-class FakeClock:
-    """A clock tests move by hand, so state transitions never need a sleep."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _openapi_to_jsonschema(node: Any) -> Any:
@@ -123,87 +110,6 @@ def vendor_schemas() -> VendorSchemas:
             _openapi_to_jsonschema(copy.deepcopy(fetch)), format_checker=checker
         ),
     )
-
-
-@dataclass
-class Emu:
-    """An emulator served by aiohttp's test server on 127.0.0.1, with helpers."""
-
-    client: TestClient
-    clock: FakeClock
-    state: EmulatorState
-
-    def url(self, path: str) -> str:
-        return str(self.client.make_url(path))
-
-    async def create(
-        self, body: Any, *, path: str = CREATE_PATH, headers: dict[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
-        return await self.client.post(path, json=body, headers={**AUTH, **(headers or {})})
-
-    async def submit(self, body: dict[str, Any] | None = None, *, path: str = CREATE_PATH) -> str:
-        resp = await self.create(body or self.body(), path=path)
-        assert resp.status == (201 if path == LEGACY_PATH else 200), await resp.text()
-        return str((await resp.json())["id"])
-
-    async def fetch(
-        self, gen_id: str, *, path: str = CREATE_PATH, headers: dict[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
-        return await self.client.get(
-            path, params={"generation_id": gen_id}, headers={**AUTH, **(headers or {})}
-        )
-
-    async def fetch_json(self, gen_id: str, *, path: str = CREATE_PATH) -> dict[str, Any]:
-        resp = await self.fetch(gen_id, path=path)
-        assert resp.status == 200, await resp.text()
-        return dict(await resp.json())
-
-    def body(
-        self, scene: str = "magic_fireball", images: list[str] | None = None, **extra: Any
-    ) -> dict[str, Any]:
-        urls = images or [self.url("/samples/person-1.png")]
-        return {
-            "model": STANDARD,
-            "effect_scene": scene,
-            "image_url": urls[0] if len(urls) == 1 else urls,
-            **extra,
-        }
-
-    async def stats(self) -> dict[str, Any]:
-        resp = await self.client.get("/_emulator/stats")
-        assert resp.status == 200
-        return dict(await resp.json())
-
-
-MakeEmu = Callable[..., Awaitable[Emu]]
-
-
-@pytest.fixture
-async def make_emulator() -> AsyncIterator[MakeEmu]:
-    """Factory: ``await make_emulator(**config)``; render defaults to "off" to keep tests fast."""
-    clients: list[TestClient] = []
-
-    async def factory(**overrides: Any) -> Emu:
-        clock = FakeClock()
-        settings: dict[str, Any] = {"api_key": API_KEY, "render": "off", **overrides}
-        app = create_app(EmulatorConfig(**settings), clock=clock)
-        server = TestServer(app, host="127.0.0.1")
-        # The emulator's own header-free access log (TestServer's constructor would drop it).
-        await server.start_server(access_log_format=ACCESS_LOG_FORMAT)
-        client = TestClient(server)
-        await client.start_server()
-        clients.append(client)
-        return Emu(client=client, clock=clock, state=app[STATE_KEY])
-
-    yield factory
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-async def emu(make_emulator: MakeEmu) -> Emu:
-    """A default emulator (render off) on a fake clock."""
-    return await make_emulator()
 
 
 IMG = "https://example.com/photos/alice.jpg"
@@ -1028,17 +934,11 @@ def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="uses select() on a pipe and SIGTERM")
 def test_cli_prints_one_line_and_serves(tmp_path: Path) -> None:
-    env = {**os.environ, "KLINGFX_EMULATOR_API_KEY": "cli-secret-key"}
     fault = json.dumps({"action": "status", "route": "create", "status": 503, "retry_after": 1})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_klingfx.emulator", "--port", "0", "--fault", fault,
-         "--queued-seconds", "0", "--generating-seconds", "0", "--render", "off",
-         "--error-body", "live", "--status-word", "completed=succeeded", "--usage-in", "create"],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    proc = start_cli(
+        "--fault", fault, "--queued-seconds", "0", "--generating-seconds", "0", "--render", "off",
+        "--error-body", "live", "--status-word", "completed=succeeded", "--usage-in", "create",
+        api_key="cli-secret-key",
     )  # fmt: skip
     try:
         line = _read_line(proc, 60)
@@ -1632,16 +1532,11 @@ def test_cli_flags_for_the_vendor_variants(argv: list[str], expected: dict[str, 
     ids=["no-equals", "unknown-status", "empty-word", "bad-usage-in", "bad-error-body", "truncate-on-fetch"],
 )
 def test_cli_rejects_bad_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["--port", "0", *argv])
-    assert exc.value.code == 2
-    assert "error:" in capsys.readouterr().err
+    assert_cli_rejects(argv, capsys)
 
 
 def test_cli_help_documents_the_new_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    text = " ".join(capsys.readouterr().out.split())
+    text = cli_help_text(capsys)
     for flag in ("--status-word", "--usage-in", "--usage-field", "--usd-per-credit", "--error-body"):
         assert flag in text
     for action in ("accept_without_id", "accept_unreadable", "truncate"):

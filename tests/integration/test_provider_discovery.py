@@ -82,9 +82,18 @@ def test_the_ui_connection_form_shows_every_field_on_this_airflow(airflow):
     assert len(lines) == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
     form = json.loads(lines[0].removeprefix("FORM "))
     extra = form["extra_fields"]
-    assert set(extra) == {"endpoint", "read_timeout", "connect_timeout", "poll_schedule", "expected_seconds"}
+    assert set(extra) == {
+        "endpoint",
+        "read_timeout",
+        "connect_timeout",
+        "poll_schedule",
+        "expected_seconds",
+        "poll_coordination",
+        "max_polls_per_second",
+    }
     assert extra["endpoint"]["schema"]["enum"] == ["universal", "legacy"]
     assert extra["poll_schedule"]["schema"]["enum"] == list(_api.POLL_SCHEDULES)
+    assert extra["poll_coordination"]["schema"]["enum"] == list(_api.POLL_COORDINATIONS)
     standard = form["standard_fields"]
     assert standard["host"]["title"] == "Base URL"
     assert standard["password"]["title"] == "API key"

@@ -74,6 +74,9 @@ def test_connection_settings():
         (KEY, {"endpoint": "v3"}, "endpoint='v3'"),
         (KEY, {"poll_schedule": "smart"}, "poll_schedule='smart' in extra; use 'fixed' or 'adaptive'"),
         (KEY, {"expected_seconds": "0"}, "expected_seconds='0' in extra; give a positive number"),
+        (KEY, {"poll_coordination": "global"}, "poll_coordination='global' in extra; use 'shared' or"),
+        (KEY, {"max_polls_per_second": "0"}, "max_polls_per_second='0' in extra; give a positive number"),
+        (KEY, {"max_polls_per_second": "lots"}, "max_polls_per_second='lots' in extra"),
     ],
 )
 def test_bad_connection_settings(password, extra, message):
@@ -88,6 +91,20 @@ def test_poll_schedule_comes_from_the_connection_and_defaults_to_fixed():
         "c", None, None, KEY, {"poll_schedule": " Adaptive ", "expected_seconds": "240"}
     )
     assert (adaptive.poll_schedule, adaptive.expected_seconds) == ("adaptive", 240.0)
+
+
+def test_poll_coordination_is_shared_by_default_and_the_cap_optional():
+    default = _api.settings_from_connection("c", None, None, KEY, {})
+    assert (default.poll_coordination, default.max_polls_per_second) == ("shared", None)
+    capped = _api.settings_from_connection(
+        "c", None, None, KEY, {"poll_coordination": "Per_Trigger", "max_polls_per_second": "12.5"}
+    )
+    assert (capped.poll_coordination, capped.max_polls_per_second) == ("per_trigger", 12.5)
+    # The 3.1 form sends an empty string for an empty field: no cap.
+    assert (
+        _api.settings_from_connection("c", None, None, KEY, {"max_polls_per_second": ""}).max_polls_per_second
+        is None
+    )
 
 
 def test_adaptive_schedule_is_sparse_early_dense_near_the_expected_time_then_backs_off():
