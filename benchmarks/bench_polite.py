@@ -322,7 +322,10 @@ def section(
             "requests",
         ),
         fewer(
-            "log lines written during the outage", ob["outage_log_lines"], os_["outage_log_lines"], "lines"
+            "log lines written during the outage and the second after it",
+            ob["outage_log_lines"],
+            os_["outage_log_lines"],
+            "lines",
         ),
         Figure(
             "time until every waiting generation is polled again after the outage",
