@@ -457,12 +457,9 @@ class AsyncGate(_Base):
         :raises KlingFxApiUnavailableError: when ``deadline`` passes first.
         """
         while True:
-            now = self._clock()
-            if not self._queue:
-                at, role = self.health.ready_at(now)
-                if at <= now:
-                    self.health.sent(now, role)
-                    return role
+            ready = self.try_acquire()
+            if ready is not None:
+                return ready
             waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, spread, path)
             self._queue.append(waiter)
             heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
