@@ -368,26 +368,122 @@ def _coerce_image_list(image_urls: object) -> list[object]:
         return list(image_urls)
     if image_urls is None:
         return []
+    if _is_storage_path(image_urls):
+        return [image_urls]
     raise KlingFxInvalidInputError(
-        f"image_urls must be a URL or a list of URLs, got {type(image_urls).__name__}"
+        f"image_urls must be a photo (URL, storage path, local file) or a list of them, got "
+        f"{type(image_urls).__name__}"
     )
 
 
-def validate_image_url(url: object, position: int = 1) -> str:
-    """Return ``url`` if it is an absolute http(s) URL, else raise saying which image is wrong.
+#: S3 (SigV4) and GCS (V4) refuse a presigned URL valid for longer than seven days.
+MAX_PRESIGN_SECONDS: Final = 7 * 24 * 3600
 
-    :param url: the image URL.
+#: Where a photo is: a URL the API downloads itself, an object-storage path (``s3://``, ``gs://``,
+#: any scheme Airflow's object storage knows), or a file on the worker's disk.
+PHOTO_URL: Final = "url"
+PHOTO_STORAGE: Final = "storage"
+PHOTO_LOCAL: Final = "local"
+
+
+def photo_kind(ref: str) -> str:
+    """Where a photo reference (as :func:`validate_image_url` returns it) points.
+
+    :param ref: ``https://…``, ``s3://[conn_id@]bucket/key`` (or another storage scheme), or
+        ``file:///absolute/path``.
+    :returns: :data:`PHOTO_URL`, :data:`PHOTO_STORAGE` or :data:`PHOTO_LOCAL`.
+    """
+    if ref[:5].lower() == "data:":  # a photo prepare_photos put inline
+        return PHOTO_URL
+    scheme = ref.split("://", 1)[0].lower() if "://" in ref else ""
+    if scheme in ("http", "https"):
+        return PHOTO_URL
+    if scheme in ("file", "local"):
+        return PHOTO_LOCAL
+    return PHOTO_STORAGE
+
+
+def _is_storage_path(value: object) -> bool:
+    # An ObjectStoragePath, told by its class: reading ``value.fs`` would build its filesystem
+    # (and cache it, for the connection as it is now) just to validate the DAG's arguments.
+    return not isinstance(value, str) and hasattr(type(value), "protocol") and hasattr(type(value), "fs")
+
+
+def storage_conn_id(path: object) -> str | None:
+    """The Airflow connection an ``ObjectStoragePath`` was made with, on every Airflow line.
+
+    Airflow 3.3 has ``path.conn_id``; 3.1 keeps it in ``path.storage_options["conn_id"]``.
+
+    :param path: an ``ObjectStoragePath``.
+    """
+    conn_id = getattr(path, "conn_id", None)
+    if conn_id is None:
+        conn_id = (getattr(path, "storage_options", None) or {}).get("conn_id")
+    return str(conn_id) if conn_id else None
+
+
+def _storage_ref(path: object) -> str:
+    # An ObjectStoragePath, read without importing it (the DAG processor imports this module): its
+    # URL, with the connection it was made with, in the ``s3://conn_id@bucket/key`` form that
+    # ObjectStoragePath parses back.
+    text = str(path)
+    conn_id = storage_conn_id(path)
+    if conn_id and "://" in text and "@" not in text.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = text.split("://", 1)
+        text = f"{scheme}://{conn_id}@{rest}"
+    return text
+
+
+def validate_image_url(url: object, position: int = 1) -> str:
+    """Check one photo reference and return it in its canonical form, or raise saying what is wrong.
+
+    Accepted: an absolute http(s) URL (the API downloads it); an object-storage URL or
+    ``ObjectStoragePath`` (``s3://[conn_id@]bucket/key``, ``gs://bucket/key``, …); a local file as
+    an absolute path or ``file://`` URL (returned as ``file:///…``). Whether the photo exists and
+    obeys Kling's limits is checked later, by :func:`airflow_provider_klingfx.photos.prepare_photos`.
+
+    :param url: the photo: a string or an ``ObjectStoragePath``.
     :param position: 1-based position of the image, for the message.
     """
+    if _is_storage_path(url):
+        url = _storage_ref(url)
     if not isinstance(url, str) or not url.strip():
-        raise KlingFxInvalidInputError(f"image {position} is empty ({url!r}); give an http(s) URL")
-    text = url.strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc or any(ch.isspace() for ch in text):
         raise KlingFxInvalidInputError(
-            f"image {position} must be a public http(s) URL the API can download, got {redact_url(text)!r}"
+            f"image {position} is empty ({url!r}); give an http(s) URL, a storage path or a local file"
         )
-    return text
+    text = url.strip()
+    if text.startswith("/"):
+        return "file://" + text
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        if not parts.netloc or any(ch.isspace() for ch in text):
+            raise KlingFxInvalidInputError(
+                f"image {position} must be a public http(s) URL the API can download, "
+                f"got {redact_url(text)!r}"
+            )
+        return text
+    if scheme == "data":
+        raise KlingFxInvalidInputError(
+            f"image {position} is a data: URI; give the file's path with inline_base64_images=True instead "
+            "(base64 photos are undocumented for the effects models)"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise KlingFxInvalidInputError(
+                f"image {position} ({redact_url(text)}) must be a file:///absolute/path URL"
+            )
+        return "file://" + parts.path
+    if len(scheme) > 1 and "://" in text:
+        if not parts.hostname or parts.path in ("", "/") or parts.path.endswith("/"):
+            raise KlingFxInvalidInputError(
+                f"image {position} ({redact_url(text)}) must name one object: {scheme}://bucket/path/photo.jpg"
+            )
+        return text
+    raise KlingFxInvalidInputError(
+        f"image {position} ({redact_url(text)!r}) is neither a URL nor an absolute path: give an http(s) "
+        "URL, a storage path such as s3://bucket/photo.jpg, or an absolute local path"
+    )
 
 
 @dataclass(frozen=True)
@@ -397,7 +493,10 @@ class EffectRequest:
     Build it with :meth:`build`, which checks everything that can be known without calling the API.
 
     :param effect_scene: the scene to render, one of :data:`EFFECT_SCENES`.
-    :param image_urls: one or two http(s) image URLs; for two-person scenes the first is on the left.
+    :param image_urls: one or two photo references (see :func:`validate_image_url`): http(s) URLs,
+        storage paths or local files; for two-person scenes the first is on the left. Only a request
+        of URLs can be sent (:meth:`to_body`); :func:`airflow_provider_klingfx.photos.prepare_photos`
+        turns the others into URLs.
     :param duration: video length in seconds, 5 or 10.
     :param model: one of :data:`MODELS`.
     """
@@ -438,7 +537,19 @@ class EffectRequest:
         return cls(effect_scene=scene, image_urls=urls, duration=seconds, model=model_name)
 
     def to_body(self) -> dict[str, Any]:
-        """The JSON body of the create call, as the vendor schema names the fields."""
+        """The JSON body of the create call, as the vendor schema names the fields.
+
+        :raises KlingFxInvalidInputError: a photo is still a storage path or a local file.
+        """
+        for position, ref in enumerate(self.image_urls, start=1):
+            if photo_kind(ref) != PHOTO_URL:
+                raise KlingFxInvalidInputError(
+                    f"image {position} ({redact_url(ref)}) is not a URL the API can download: turn it "
+                    "into one with airflow_provider_klingfx.photos.prepare_photos (the operator does)"
+                )
+        return self._body()
+
+    def _body(self) -> dict[str, Any]:
         image: str | list[str] = self.image_urls[0] if len(self.image_urls) == 1 else list(self.image_urls)
         return {
             "model": self.model,
@@ -448,13 +559,15 @@ class EffectRequest:
         }
 
     def fingerprint(self) -> str:
-        """A digest of the create body (model, scene, images in order, duration).
+        """A digest of the create body (model, scene, photo references in order, duration).
 
         Stored beside a submitted generation's id, it tells a later try of the same task whether
         that generation was made from the same request (reattach) or from other inputs (submit
-        anew). A digest rather than the body: the store must not keep the photos' URLs.
+        anew). A digest rather than the body: the store must not keep the photos' URLs. Taken
+        before :func:`~airflow_provider_klingfx.photos.prepare_photos`: a storage photo counts by
+        its path, not by the presigned URL, which differs at every try.
         """
-        canonical = json.dumps(self.to_body(), sort_keys=True, separators=(",", ":"))
+        canonical = json.dumps(self._body(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 

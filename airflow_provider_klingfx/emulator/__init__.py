@@ -52,7 +52,32 @@ What it emulates:
   during it, not even ``/health`` or ``/_emulator/*`` (use :meth:`RunningEmulator.stats`).
   Refuse needs a server that owns its socket: :func:`run_emulator_in_thread` or the CLI
   (anything started by ``start_site``); with aiohttp's test server it is an error;
-* admin endpoints without auth: ``GET /_emulator/stats``, ``POST /_emulator/faults``,
+* Kling's limits on photos (``check_images``, default on; the CLI's ``--no-check-images`` turns
+  it off): every photo the emulator obtains is checked by
+  :func:`airflow_provider_klingfx.images.check_image`, the same code the operator uses: JPEG or PNG
+  by content, at most 10 MiB, each side at least 300 px, aspect ratio within 2.5:1. A photo
+  breaking one makes the generation report ``queued``, ``generating``, then ``error`` (no video)
+  with ``{"detail": [{"loc": ["body", "image_url"(, index when image_url was an array)], "msg":
+  "image N (<url>) is ...", "type": "image_validation_error", "input": <url>}]}`` or, with
+  ``error_shape="name_message"``, ``{"name": "ImageValidationError", "message": ...}``; ``<url>``
+  is shown as ``redact_url`` shows it (no query). A photo that cannot be downloaded at all
+  (refused, unknown host, timeout, 404...) is not checked: it gets the placeholder frame, so offline
+  tests with unreachable example URLs keep working. ``render="off"`` downloads nothing, so checks
+  nothing; ``lazy`` (with the check on) downloads and checks at submission, reports ``generating``
+  until that is done, and renders on the first download;
+* ``data:`` URIs in ``image_url`` (``accept_data_uris``, default off; the CLI's
+  ``--accept-data-uris``): off, a create with one is refused with 422 in the configured error body
+  (path/loc at the element; nothing charged); on, ``data:image/<type>;base64,<data>`` is accepted
+  and its bytes are the photo (checked and rendered), a malformed one gets 422. Request bodies up
+  to 64 MiB are read. A data URI is never echoed: answers, logs, the state and the admin endpoints
+  show it as its media type and length;
+* admin endpoints without auth: ``GET /_emulator/stats``, ``GET /_emulator/generation?generation_id=``
+  (what the emulator did with one generation: ``{"id", "status", "model", "effect_scene",
+  "duration", "image_urls" (shown without query), "rendered", "file_size", "fallback_images" (0-based
+  positions of photos replaced by the placeholder frame), "image_sha256" (by position, the SHA-256
+  of each photo it got whole, or null: tells which bytes reached it), "image_error" (null or
+  ``{"index", "rule", "message"}``), "render_error"}``; 404 for an unknown id; also
+  :meth:`RunningEmulator.generation`), ``POST /_emulator/faults``,
   ``POST /_emulator/outage`` (``{"start_in": s, "duration": s, "mode": "503"|"refuse"}``, answers
   the window ``{"start", "end", "mode"}``; 400 on bad input), ``POST /_emulator/reset``, and
   ``GET /health``.
@@ -77,10 +102,14 @@ shape: ``{"detail": [{"loc": ["body", "image_url"], "msg": "Could not detect fac
 ``{"name": "FaceDetectionError", "message": "Could not detect face in the image"}``. Other scenes
 render such an image normally.
 
-Input images are downloaded by the emulator (5 s timeout, 10 MB limit); one that can't be
-downloaded or decoded is replaced by a placeholder frame naming the scene. Only run it where the
-clients are trusted: it fetches whatever image URL it is given. It never logs request headers,
-so neither the ``Authorization`` header nor the key reach a log.
+Input images are downloaded by the emulator over http(s), their URLs sent byte for byte (5 s
+timeout; it reads no more than ``max_image_bytes``, 10 MiB, plus one byte of each), so presigned
+URLs (S3, GCS...) work as they do with the vendor; one that can't be downloaded, or (with
+``check_images`` off) can't be decoded, is replaced by a placeholder frame naming the scene. Image
+URLs reach its logs as ``redact_url`` shows them: never a query (a presigned URL's signature) nor
+user info. Only run it where the clients are trusted: it fetches whatever image URL it is given.
+It never logs request headers, so neither the ``Authorization`` header nor the key reach a log;
+it records no request bodies.
 
 Importing this package imports aiohttp but neither PyAV nor Pillow: they are loaded when the first
 video or sample image is rendered.
@@ -97,6 +126,7 @@ from airflow_provider_klingfx.emulator.app import (
     EmulatorState,
     FaultRule,
     GenerationRecord,
+    ImageProblem,
     Outage,
     RunningEmulator,
     create_app,
@@ -113,6 +143,7 @@ __all__ = [
     "EmulatorState",
     "FaultRule",
     "GenerationRecord",
+    "ImageProblem",
     "Outage",
     "RunningEmulator",
     "create_app",

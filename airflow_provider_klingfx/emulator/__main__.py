@@ -169,6 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--render-concurrency", type=int, default=2, help="videos rendered at once (default: %(default)s)"
     )
+    p.add_argument(
+        "--no-check-images",
+        action="store_true",
+        help="do not check input photos against Kling's limits (JPEG or PNG by content, at most 10 MB, "
+        "each side at least 300 px, aspect ratio within 2.5:1); by default a photo breaking one makes "
+        "its generation end in 'error', as the vendor does. Photos that cannot be downloaded get a "
+        "placeholder frame either way; with --render off nothing is downloaded or checked",
+    )
+    p.add_argument(
+        "--accept-data-uris",
+        action="store_true",
+        help="accept data:image/...;base64,... URIs in image_url and use their bytes as the photo "
+        "(default: refuse them with 422, as it is unknown whether the vendor takes them for effects)",
+    )
     p.add_argument("--log-level", default="INFO", help="logging level on stderr (default: %(default)s)")
     return p
 
@@ -202,6 +216,8 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
         render=args.render,
         video_dir=args.video_dir,
         render_concurrency=args.render_concurrency,
+        check_images=not args.no_check_images,
+        accept_data_uris=args.accept_data_uris,
     )
 
 

@@ -14,6 +14,13 @@ Behaviour, in short (the package docstring has the user-facing version):
 * face detection is faked: an image "has no face" when its URL contains ``noface``
   (case-insensitive); a two-person scene (hug, kiss, heart_gesture) given such an image ends in
   ``error`` with a face-detection error; other scenes render it normally;
+* input photos are downloaded (or, with ``accept_data_uris``, decoded from ``data:`` URIs) and,
+  with ``check_images`` (default), checked against Kling's limits by
+  :func:`airflow_provider_klingfx.images.check_image`, the one implementation of them: a photo
+  breaking one makes the generation end in ``error`` with an image-validation error; a photo that
+  cannot be downloaded at all gets a placeholder frame; ``render="off"`` downloads nothing, so
+  checks nothing. A ``data:`` URI is refused with 422 unless ``accept_data_uris``, and is only ever
+  shown (answers, logs, state) as ``redact_url`` shows it;
 * videos are real MP4s served by the emulator itself under ``/files/<uuid>/output.mp4``;
 * faults (HTTP errors, dropped connections, id-less create answers, cut downloads, slow or
   non-JSON answers) are injected by rules;
@@ -33,6 +40,8 @@ from the (few) windows once per window edge.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import difflib
 import hashlib
@@ -48,7 +57,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -60,6 +69,7 @@ from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from yarl import URL
 
 from airflow_provider_klingfx.domain import (
     DURATIONS,
@@ -68,6 +78,14 @@ from airflow_provider_klingfx.domain import (
     PRO_EFFECTS_MODEL,
     TWO_PERSON_SCENES,
     image_count_range,
+    redact_url,
+    redact_urls,
+)
+from airflow_provider_klingfx.images import (
+    MAX_IMAGE_BYTES,
+    HeaderTooShortError,
+    KlingFxImageError,
+    check_image,
 )
 
 log = logging.getLogger("airflow_provider_klingfx.emulator")
@@ -118,9 +136,24 @@ _GENERATION_ID_RE = re.compile(
 # RFC 3986 "URI" as the schema's ``format: uri`` means it: an absolute URI (scheme ":" ...), with
 # no characters that must be percent-encoded (spaces, quotes, angle brackets...) and well-formed
 # percent escapes. Deliberately not limited to http(s): that is what the schema says.
-_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]]|%[0-9A-Fa-f]{2})*$")
+# The same language as ``scheme:(?:<char>|%XX)*``, written so that a 15 MB data: URI takes tens of
+# milliseconds, not seconds (one alternation per character), whether it matches or not: runs of
+# characters between escapes, each run atomic (the lookahead-and-backreference idiom, as Python
+# 3.10 has no possessive quantifiers), so a failed match does not backtrack through them.
+_URI_CHAR = r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?#\[\]]"
+_URI_RE = re.compile(
+    rf"^[A-Za-z][A-Za-z0-9+.\-]*:(?=({_URI_CHAR}*))\1(?:%[0-9A-Fa-f]{{2}}(?=({_URI_CHAR}*))\2)*$"
+)
 _SCENE_SET = frozenset(EFFECT_SCENES)
-_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+#: The largest request body the API routes read (aiohttp's default is 1 MiB): room for two photos
+#: as ``data:`` URIs even past the 10 MiB limit (base64 adds a third), so that an over-size photo is
+#: answered by the size rule rather than a 413.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# A data: URI inside free text (a validation message): only ever shown through redact_url. Not one
+# redact_url has shown already ("data:image/png;base64,… (123 chars)"): its length must stay.
+_DATA_URI_IN_TEXT = re.compile(r"(?i)\bdata:(?![^\s'\"<>,]*,…)[^\s'\"<>]+")
+# A data: URI as redact_url shows it (a real one can't contain "…": it is not a URI character).
+_SHOWN_DATA_URI = re.compile(r"(?i)data:[^,]*,… \(\d+ chars\)")
 _DROPPED_STATUS = 444  # nginx's "connection closed without response": what the access log shows
 
 
@@ -326,7 +359,27 @@ class EmulatorConfig:
         kept in memory.
     :param render_concurrency: how many videos render at the same time (each in a worker thread).
     :param image_timeout: seconds allowed to download one input image.
-    :param max_image_bytes: largest input image accepted; bigger ones get the placeholder frame.
+    :param max_image_bytes: the most the emulator downloads of one input image: it stops reading
+        one byte past it (or at once, when ``Content-Length`` says more). A bigger photo fails the
+        generation by the size rule when ``check_images`` is on and it is over Kling's 10 MiB (with
+        the default, 10 MiB, it always is); otherwise it gets the placeholder frame.
+    :param check_images: check every input photo the emulator obtains against Kling's published
+        limits (:func:`airflow_provider_klingfx.images.check_image`: JPEG or PNG by content, at most
+        10 MiB, each side at least 300 px, aspect ratio within 2.5:1), as the vendor does. A photo
+        breaking one makes the generation end in ``error`` (after ``queued`` and ``generating``, as
+        usual; no video) with an image-validation error in ``error_shape``. Photos are only
+        checked once obtained: a photo that cannot be downloaded at all (refused connection,
+        unknown host, timeout, an HTTP status other than 200) keeps the placeholder frame, since
+        offline tests use unreachable example URLs; with ``render="off"`` nothing is downloaded,
+        so nothing is checked. ``lazy`` renders still download and check the photos at submission
+        (the status stays ``generating`` until they are checked). Default on.
+    :param accept_data_uris: accept ``data:image/...;base64,...`` URIs in ``image_url`` (the vendor
+        documents them for a sibling model only; for effects it is unknown). Off (default): a
+        create with one is refused with 422 in the configured error body, charging nothing. On:
+        the decoded bytes are the photo (checked and rendered like a downloaded one); a malformed
+        data URI (no comma, not base64, not an image media type) gets 422. Either way the URI is
+        only ever shown as :func:`airflow_provider_klingfx.domain.redact_url` shows it (media type
+        and length), in answers, logs and the admin endpoints alike.
     :param max_recorded_requests: how many request records the stats keep (the oldest are dropped).
     :param status_words: other words for the canonical statuses (``queued``, ``generating``,
         ``completed``, ``error``) in create and fetch answers, e.g. ``{"completed": "succeeded",
@@ -378,7 +431,9 @@ class EmulatorConfig:
     video_dir: str | Path | None = None
     render_concurrency: int = 2
     image_timeout: float = 5.0
-    max_image_bytes: int = _MAX_IMAGE_BYTES
+    max_image_bytes: int = MAX_IMAGE_BYTES
+    check_images: bool = True
+    accept_data_uris: bool = False
     max_recorded_requests: int = 20_000
     status_words: dict[str, str] = field(default_factory=dict)
     usage_in: UsageIn = "both"
@@ -403,6 +458,10 @@ class EmulatorConfig:
             raise ValueError("generating_seconds_max must be >= generating_seconds")
         if self.render_concurrency < 1:
             raise ValueError("render_concurrency must be >= 1")
+        if isinstance(self.max_image_bytes, bool) or not isinstance(self.max_image_bytes, int):
+            raise ValueError(f"max_image_bytes must be an integer, got {self.max_image_bytes!r}")
+        if self.max_image_bytes < 1:
+            raise ValueError(f"max_image_bytes must be >= 1, got {self.max_image_bytes!r}")
         self.faults = [f if isinstance(f, FaultRule) else FaultRule.from_dict(f) for f in self.faults]
         if not isinstance(self.status_words, Mapping):
             raise ValueError(f"status_words must be a mapping, got {type(self.status_words).__name__}")
@@ -487,12 +546,26 @@ class GenerationRecord:
     :param queued_until: clock time it stops being ``queued``.
     :param ready_at: clock time it may report a terminal status.
     :param fails: whether it ends in ``error`` (the face rule).
+    :param image_urls: the image URLs as sent, except ``data:`` URIs, kept as
+        :func:`~airflow_provider_klingfx.domain.redact_url` shows them (their bytes are in
+        ``data_photos`` until used).
+    :param image_url_list: whether ``image_url`` was sent as an array (error ``loc`` then names
+        the position).
     :param render_task: the background render, if one was started.
     :param video: the MP4 bytes when kept in memory.
     :param video_path: the MP4 file when ``video_dir`` is set.
     :param file_size: size of the MP4 in bytes, once rendered.
     :param fallback_images: positions of inputs replaced by a placeholder frame.
     :param render_error: why rendering failed, if it did (then the generation reports ``error``).
+    :param image_error: the photo that broke one of Kling's limits (``check_images``), if one did
+        (then the generation reports ``error`` and nothing is rendered).
+    :param prepare_task: the background download and check of the photos, when it runs apart from
+        the render (``lazy`` renders with ``check_images``).
+    :param data_photos: the decoded bytes of ``data:`` URIs by 0-based position, until used.
+    :param image_sha256: by position, the SHA-256 (hex) of each photo the emulator got whole: a
+        ``data:`` URI's bytes from the create on (whatever ``render`` says), a downloaded photo's
+        once downloaded; ``None`` otherwise. How a test tells which bytes reached the emulator.
+    :param inputs: the photos obtained and checked, until rendered (``None``: a placeholder).
     """
 
     id: str
@@ -513,11 +586,57 @@ class GenerationRecord:
     file_size: int | None = None
     fallback_images: tuple[int, ...] = ()
     render_error: str | None = None
+    image_url_list: bool = False
+    image_error: ImageProblem | None = None
+    prepare_task: asyncio.Task[None] | None = field(default=None, repr=False)
+    data_photos: dict[int, bytes] = field(default_factory=dict, repr=False)
+    inputs: tuple[bytes | None, ...] | None = field(default=None, repr=False)
+    image_sha256: list[str | None] = field(default_factory=list)
 
     @property
     def rendered(self) -> bool:
         """Whether the video is ready to serve."""
         return self.video is not None or self.video_path is not None
+
+    def describe(self, status: str) -> dict[str, Any]:
+        """What ``GET /_emulator/generation`` answers about it (image URLs as ``redact_url`` shows them).
+
+        :param status: its canonical status now.
+        """
+        problem = self.image_error
+        return {
+            "id": self.id,
+            "status": status,
+            "model": self.model,
+            "effect_scene": self.effect_scene,
+            "duration": self.duration,
+            "image_urls": [_show_url(u) for u in self.image_urls],
+            "rendered": self.rendered,
+            "file_size": self.file_size,
+            "fallback_images": list(self.fallback_images),
+            "image_sha256": list(self.image_sha256),
+            "image_error": None
+            if problem is None
+            else {"index": problem.index, "rule": problem.rule, "message": problem.message},
+            "render_error": self.render_error,
+        }
+
+
+@dataclass(frozen=True)
+class ImageProblem:
+    """An input photo that broke one of Kling's limits (``check_images``).
+
+    :param index: its 0-based position in ``image_url``.
+    :param rule: the rule (``format``, ``size``, ``side``, ``aspect``, ``unreadable``), as
+        :class:`~airflow_provider_klingfx.images.KlingFxImageError` names it.
+    :param message: the one-line message, ``image N (shown) is ...``.
+    :param shown: the photo as :func:`~airflow_provider_klingfx.domain.redact_url` shows it.
+    """
+
+    index: int
+    rule: str
+    message: str
+    shown: str
 
 
 class EmulatorState:
@@ -710,10 +829,13 @@ class EmulatorState:
             return "queued"
         if now < gen.ready_at:
             return "generating"
-        if gen.fails or gen.render_error:
+        if gen.fails or gen.render_error or gen.image_error:
             return "error"
         # Eager mode: the video must exist before the generation may say it is completed.
         if self.config.render == "eager" and not gen.rendered:
+            return "generating"
+        # Lazy mode with check_images: the photos must have been checked.
+        if gen.prepare_task is not None and not gen.prepare_task.done():
             return "generating"
         return "completed"
 
@@ -801,6 +923,79 @@ class _Problem:
     loc: tuple[str | int, ...]
     input: Any = None
 
+    def scrubbed(self) -> _Problem:
+        """This problem with every ``data:`` URI in its message and input shown by ``redact_url``."""
+        return _Problem(self.path, _scrub_text(self.message), self.loc, _scrub_value(self.input))
+
+
+def _show_url(url: str) -> str:
+    """``redact_url(url)``, except for a data: URI ``redact_url`` has shown already (kept as it is)."""
+    return url if _SHOWN_DATA_URI.fullmatch(url) else redact_url(url)
+
+
+def _scrub_text(text: str) -> str:
+    # A data: URI is a photo (personal data, megabytes long): never echoed, only described.
+    return _DATA_URI_IN_TEXT.sub(lambda m: redact_url(m.group(0)), text)
+
+
+def _scrub_value(value: Any) -> Any:
+    """``value`` with every string in it that is (or contains) a ``data:`` URI shown by ``redact_url``."""
+    if isinstance(value, str):
+        return _show_url(value) if _is_data_uri(value) else _scrub_text(value)
+    if isinstance(value, list):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    return value
+
+
+def _is_data_uri(url: str) -> bool:
+    return url.lstrip()[:5].lower() == "data:"
+
+
+def _decode_data_uri(url: str) -> bytes | None:
+    """The bytes of a ``data:image/<type>[;param...];base64,<data>`` URI; None if it is not one."""
+    head, comma, payload = url.strip().partition(",")
+    if not comma:
+        return None
+    media_type, *params = head[5:].split(";")
+    if not media_type.strip().lower().startswith("image/") or not params or params[-1].lower() != "base64":
+        return None
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _data_uri_problems(
+    urls: Sequence[str], as_list: bool, accept: bool
+) -> tuple[dict[int, bytes], list[_Problem]]:
+    """Decode the ``data:`` URIs among ``urls`` (``accept_data_uris``); 422 problems if refused or malformed.
+
+    :returns: ``({0-based position: bytes}, [])`` or ``({}, problems)``.
+    """
+    photos: dict[int, bytes] = {}
+    problems: list[_Problem] = []
+    for i, url in enumerate(urls):
+        if not _is_data_uri(url):
+            continue
+        path = f"image_url[{i}]" if as_list else "image_url"
+        loc: tuple[str | int, ...] = ("body", "image_url", i) if as_list else ("body", "image_url")
+        if not accept:
+            message = (
+                f"{path} is a data URI; data URIs are not accepted (emulator switch accept_data_uris is "
+                "off): give an http(s) URL the API can download"
+            )
+            problems.append(_Problem(path, message, loc, redact_url(url)))
+            continue
+        data = _decode_data_uri(url)
+        if data is None:
+            message = f"{path} is not a valid data URI: expected data:image/<type>;base64,<base64 data>"
+            problems.append(_Problem(path, message, loc, redact_url(url)))
+        else:
+            photos[i] = data
+    return ({}, problems) if problems else (photos, [])
+
 
 def _exception_name(status: int) -> str:
     # The live body names the server's exception class after the reason phrase, NestJS style:
@@ -827,6 +1022,8 @@ def _envelope(
     timestamp, error: {name, message}}`` plus ``detail: [{loc, msg, type, input}]``.
     """
     request_id = request[_REQUEST_ID]
+    if problems is not None:
+        problems = [p.scrubbed() for p in problems]
     body: dict[str, Any]
     if request.app[STATE_KEY].config.error_body == "live":
         body = {
@@ -904,12 +1101,6 @@ def _drop_connection(request: web.Request) -> web.Response:
     return web.Response(status=_DROPPED_STATUS)
 
 
-def _public_url_for_log(url: str) -> str:
-    # Image URLs may be presigned (secrets in the query): log scheme, host and path only.
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"
-
-
 def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict[str, str]]]:
     """Validate a create body like the vendor: the schema's ``oneOf`` plus the image-count rule.
 
@@ -920,7 +1111,7 @@ def validate_create_body(body: object) -> tuple[dict[str, Any] | None, list[dict
         ``(None, errors)`` with errors as ``{"path", "message"}``.
     """
     valid, problems = _check_create_body(body)
-    return valid, [{"path": p.path, "message": p.message} for p in problems]
+    return valid, [{"path": p.path, "message": _scrub_text(p.message)} for p in problems]
 
 
 def _check_create_body(body: object) -> tuple[dict[str, Any] | None, list[_Problem]]:
@@ -1031,6 +1222,18 @@ def _check_create_body(body: object) -> tuple[dict[str, Any] | None, list[_Probl
 
 
 def _error_object(shape: ErrorShape, gen: GenerationRecord) -> dict[str, Any]:
+    problem = gen.image_error
+    if problem is not None and not gen.fails:
+        if shape == "name_message":
+            return {"name": "ImageValidationError", "message": problem.message}
+        loc: list[str | int] = ["body", "image_url"]
+        if gen.image_url_list:
+            loc.append(problem.index)
+        return {
+            "detail": [
+                {"loc": loc, "msg": problem.message, "type": "image_validation_error", "input": problem.shown}
+            ]
+        }
     if gen.render_error and not gen.fails:
         return {"name": "RenderError", "message": gen.render_error}
     if shape == "name_message":
@@ -1053,37 +1256,119 @@ def _error_object(shape: ErrorShape, gen: GenerationRecord) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 
 
-async def _download_image(state: EmulatorState, url: str) -> bytes | None:
-    """Download one input image; None if it can't be had (the render uses a placeholder then)."""
+@dataclass(frozen=True)
+class _Download:
+    """What the emulator got of one input photo.
+
+    :param data: the photo, or only its first bytes when it is over ``max_image_bytes``.
+    :param size: its size in bytes: the announced ``Content-Length``, else the bytes read (then a
+        lower bound when ``complete`` is false: the download stopped one byte past the limit).
+    :param complete: whether ``data`` is the whole photo.
+    """
+
+    data: bytes
+    size: int
+    complete: bool
+
+
+async def _download_image(state: EmulatorState, url: str) -> _Download | None:
+    """Download one input image, reading at most ``max_image_bytes`` + 1 bytes of it.
+
+    :returns: what was read (see :class:`_Download`), or None if it can't be had at all (not
+        http(s), unreachable, an HTTP status other than 200, a timeout): the render uses a
+        placeholder then, and no rule is checked.
+    """
     if state.http is None or urlsplit(url).scheme not in ("http", "https"):
         return None
     limit = state.config.max_image_bytes
     try:
-        async with state.download_slots, state.http.get(url, allow_redirects=True) as resp:
+        # encoded=True: the URL goes out byte for byte as given (validated as a URI at create), as
+        # a presigned URL must; yarl would otherwise rewrite escapes in its query (%2F to /).
+        target = URL(url, encoded=True)
+        async with state.download_slots, state.http.get(target, allow_redirects=True) as resp:
             if resp.status != 200:
                 raise ValueError(f"HTTP {resp.status}")
-            if resp.content_length is not None and resp.content_length > limit:
-                raise ValueError(f"{resp.content_length} bytes, over the {limit} byte limit")
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > limit:
-                    raise ValueError(f"over the {limit} byte limit")
-                chunks.append(chunk)
-            return b"".join(chunks)
+            announced = resp.content_length
+            if announced is not None and announced > limit:
+                return _Download(b"", announced, complete=False)  # not a byte read
+            data = bytearray()
+            while len(data) <= limit:
+                chunk = await resp.content.read(min(64 * 1024, limit + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+            return _Download(bytes(data), len(data), complete=len(data) <= limit)
     except (ClientError, asyncio.TimeoutError, ValueError, OSError) as exc:
-        log.warning("input image %s unusable (%s); using a placeholder frame", _public_url_for_log(url), exc)
+        # Client errors may quote the URL, query included (a presigned URL's signature): scrubbed.
+        log.warning(
+            "input image %s unusable (%s); using a placeholder frame",
+            redact_url(url),
+            redact_urls(str(exc) or type(exc).__name__),
+        )
         return None
 
 
+async def _obtain_photo(state: EmulatorState, gen: GenerationRecord, index: int) -> _Download | None:
+    """The photo at ``index``: a data: URI's decoded bytes (handed over once), else downloaded."""
+    data = gen.data_photos.pop(index, None)
+    if data is not None:
+        return _Download(data, len(data), complete=True)
+    return await _download_image(state, gen.image_urls[index])
+
+
+async def _prepare(state: EmulatorState, gen: GenerationRecord) -> None:
+    """Obtain the photos and, with ``check_images``, check them against Kling's limits.
+
+    Sets ``gen.inputs`` (the photos to render, None for a placeholder) or, when a photo breaks a
+    rule, ``gen.image_error`` (the first such photo in request order; nothing is kept then).
+    """
+    got = await asyncio.gather(*(_obtain_photo(state, gen, i) for i in range(len(gen.image_urls))))
+    gen.data_photos.clear()
+    limit = state.config.max_image_bytes
+    photos: list[bytes | None] = []
+    for index, (url, photo) in enumerate(zip(gen.image_urls, got, strict=True)):
+        if photo is None:
+            photos.append(None)
+            continue
+        if photo.complete and index < len(gen.image_sha256):
+            gen.image_sha256[index] = hashlib.sha256(photo.data).hexdigest()
+        shown = _show_url(url)
+        if state.config.check_images:
+            try:
+                check_image(photo.data, photo.size, index + 1, shown=shown, complete=photo.complete)
+            except KlingFxImageError as exc:
+                gen.image_error = ImageProblem(index, exc.rule, str(exc), exc.shown)
+                log.info("generation %s ends in error: %s", gen.id, exc)
+                return
+            except HeaderTooShortError:
+                pass  # over the download limit, header cut short: the placeholder below
+        if not photo.complete:
+            log.warning(
+                "input image %s is over the emulator's %d byte download limit (max_image_bytes); "
+                "using a placeholder frame",
+                shown,
+                limit,
+            )
+            photos.append(None)
+        else:
+            photos.append(photo.data)
+    gen.inputs = tuple(photos)
+
+
 async def _render(state: EmulatorState, gen: GenerationRecord) -> None:
-    """Download the inputs and render the video in the executor; store the result on ``gen``."""
+    """Obtain and check the inputs (unless done at submission), then render the video in the executor."""
     from airflow_provider_klingfx.emulator.render import render_video
 
-    images = await asyncio.gather(*(_download_image(state, u) for u in gen.image_urls))
     loop = asyncio.get_running_loop()
     try:
+        if gen.prepare_task is not None:
+            await gen.prepare_task
+        else:
+            await _prepare(state, gen)
+        if gen.image_error is not None:
+            return  # the generation ends in error: nothing to render
+        images = list(gen.inputs or ())
+        gen.inputs = None  # the render's list holds them now; freed when it ends
         async with state.render_slots:
             result = await loop.run_in_executor(
                 state.executor, render_video, images, gen.effect_scene, gen.duration
@@ -1106,12 +1391,23 @@ async def _render(state: EmulatorState, gen: GenerationRecord) -> None:
     gen.fallback_images = result.fallback_images
 
 
+def _track(state: EmulatorState, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    # Renders and checks in flight: reset and shutdown cancel them, wait_for_renders waits for them.
+    task = asyncio.get_running_loop().create_task(coro)
+    state.pending_renders.add(task)
+    task.add_done_callback(state.pending_renders.discard)
+    return task
+
+
+def _start_prepare(state: EmulatorState, gen: GenerationRecord) -> None:
+    """Obtain and check the photos now, apart from the render (``lazy`` with ``check_images``)."""
+    if gen.prepare_task is None and gen.render_task is None:
+        gen.prepare_task = _track(state, _prepare(state, gen))
+
+
 def _start_render(state: EmulatorState, gen: GenerationRecord) -> asyncio.Task[None]:
     if gen.render_task is None:
-        task = asyncio.get_running_loop().create_task(_render(state, gen))
-        gen.render_task = task
-        state.pending_renders.add(task)
-        task.add_done_callback(state.pending_renders.discard)
+        gen.render_task = _track(state, _render(state, gen))
     return gen.render_task
 
 
@@ -1255,7 +1551,7 @@ async def _create(request: web.Request) -> web.Response:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        text = raw.decode("utf-8", "replace")[:200]
+        text = raw[:800].decode("utf-8", "replace")[:200]  # not the whole of a 64 MB body
         return _envelope(
             request,
             400,
@@ -1265,6 +1561,10 @@ async def _create(request: web.Request) -> web.Response:
     valid, problems = _check_create_body(body)
     if valid is None:
         return _envelope(request, 400, "Body validation error!", problems=problems)
+    as_list = isinstance(body["image_url"], list)
+    data_photos, problems = _data_uri_problems(valid["image_urls"], as_list, config.accept_data_uris)
+    if problems:
+        return _envelope(request, 422, "Body validation error!", problems=problems)
     duration: int = valid["duration"]
     cost = config.credits_per_generation * duration // DURATIONS[0]
     if state.credits_remaining is not None:
@@ -1281,7 +1581,10 @@ async def _create(request: web.Request) -> web.Response:
         generating = state.random.uniform(config.generating_seconds, config.generating_seconds_max)
     now = state.clock()
     scene: str = valid["effect_scene"]
-    urls: tuple[str, ...] = valid["image_urls"]
+    # data: URIs are kept as redact_url shows them (their bytes go in data_photos): neither the
+    # state nor a repr holds them, and the face rule does not look for "noface" in base64 (about
+    # one 10 MB photo in a hundred would contain the word, case aside, by chance).
+    urls = tuple(redact_url(u) if _is_data_uri(u) else u for u in valid["image_urls"])
     gen = GenerationRecord(
         id=gen_id,
         file_id=str(uuid.uuid4()),
@@ -1295,12 +1598,21 @@ async def _create(request: web.Request) -> web.Response:
         ready_at=now + config.queued_seconds + generating,
         fails=scene in TWO_PERSON_SCENES and any("noface" in u.lower() for u in urls),
         client_request_id=request.get(_CLIENT_ID),
+        image_url_list=as_list,
+        image_sha256=[
+            hashlib.sha256(data_photos[i]).hexdigest() if i in data_photos else None for i in range(len(urls))
+        ],
     )
     state.generations[gen_id] = gen
     state.files[gen.file_id] = gen
     request[_CREATED] = gen
-    if config.render == "eager" and not gen.fails:
-        _start_render(state, gen)
+    # render="off" downloads (and so checks) nothing: the photos given inline are not kept either.
+    if config.render != "off" and not gen.fails:
+        gen.data_photos = data_photos
+        if config.render == "eager":
+            _start_render(state, gen)
+        elif config.check_images:
+            _start_prepare(state, gen)
     return _create_answer(request, gen)
 
 
@@ -1447,6 +1759,15 @@ async def _stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATE_KEY].stats())
 
 
+async def _generation(request: web.Request) -> web.Response:
+    """``GET /_emulator/generation?generation_id=``: what the emulator did with one generation."""
+    state = request.app[STATE_KEY]
+    gen = state.generations.get(request.query.get("generation_id", "").strip())
+    if gen is None:
+        return _envelope(request, 404, "Generation not found")
+    return web.json_response(gen.describe(state.status_of(gen)))
+
+
 async def _set_faults(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     try:
@@ -1544,7 +1865,7 @@ def create_app(
     """
     config = config or EmulatorConfig()
     _check_extras()
-    app = web.Application(middlewares=[_middleware])
+    app = web.Application(middlewares=[_middleware], client_max_size=MAX_BODY_BYTES)
     app[STATE_KEY] = EmulatorState(config, clock)
     for path in API_PATHS:
         app.router.add_post(path, _create)
@@ -1553,6 +1874,7 @@ def create_app(
     app.router.add_get("/samples/{name}", _sample)
     app.router.add_get("/health", _health)
     app.router.add_get("/_emulator/stats", _stats)
+    app.router.add_get("/_emulator/generation", _generation)
     app.router.add_post("/_emulator/faults", _set_faults)
     app.router.add_post("/_emulator/reset", _reset)
     app.router.add_post("/_emulator/outage", _set_outage)
@@ -1789,6 +2111,18 @@ class RunningEmulator:
     def stats(self) -> dict[str, Any]:
         """A consistent snapshot of the stats (same document as ``GET /_emulator/stats``)."""
         return cast("dict[str, Any]", self.call(self.state.stats))
+
+    def generation(self, generation_id: str) -> dict[str, Any] | None:
+        """What ``GET /_emulator/generation?generation_id=`` answers, or None for an unknown id.
+
+        :param generation_id: the generation's id.
+        """
+
+        def describe() -> dict[str, Any] | None:
+            gen = self.state.generations.get(generation_id)
+            return None if gen is None else gen.describe(self.state.status_of(gen))
+
+        return cast("dict[str, Any] | None", self.call(describe))
 
     def set_faults(self, rules: Sequence[FaultRule]) -> None:
         """Replace the fault rules.

@@ -63,6 +63,14 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         todo.extend(n for n in nested if isinstance(n, BaseException))
 
 
+def _content_total(status: int, headers: Mapping[str, str]) -> int | None:
+    """The whole file's size from a 206's ``Content-Range: bytes 0-65535/123456``, or a 200's
+    ``Content-Length``; None when the server does not say."""
+    text = headers.get("Content-Range", "") if status == 206 else headers.get("Content-Length", "")
+    total = text.rsplit("/", 1)[-1].strip() if status == 206 else text.strip()
+    return int(total) if total.isdigit() else None
+
+
 def requests_transport_kind(exc: Exception) -> _api.TransportKind:
     """The :data:`~airflow_provider_klingfx._api.TRANSPORT_KINDS` entry of a ``requests`` failure.
 
@@ -502,6 +510,60 @@ class KlingFxHook(BaseHook):
             raise _api.transport_error(
                 requests_transport_kind(exc), "GET", path, type(exc).__name__
             ) from None
+
+    def read_image_head(self, url: str, max_bytes: int | None) -> tuple[bytes, int | None, bool]:
+        """Read the first bytes of a photo at an http(s) URL, as the API would download it.
+
+        Asks for a byte range, so a large photo costs one header's worth of transfer; a server that
+        ignores ranges answers the whole file, of which only ``max_bytes`` are read. No
+        ``Authorization`` header is sent: the photo host is not the API. Transient failures are
+        retried with the hook's policy.
+
+        :param url: the photo's URL.
+        :param max_bytes: how many bytes to read; None: the whole file, up to the 10 MB limit + 1.
+        :returns: ``(bytes read, the file's size when the server says it, whether that is the
+            whole file)``.
+        :raises KlingFxAPIError: the host answered an HTTP error (its status in ``status_code``).
+        :raises KlingFxTransportError: the host could not be reached.
+        """
+        import requests
+
+        from airflow_provider_klingfx.images import MAX_IMAGE_BYTES
+
+        limit = MAX_IMAGE_BYTES + 1 if max_bytes is None else max_bytes
+        headers = {"User-Agent": _api.USER_AGENT}
+        if max_bytes is not None:
+            headers["Range"] = f"bytes=0-{max_bytes - 1}"
+        path = urlsplit(url).path
+
+        def attempt() -> tuple[bytes, int | None, bool]:
+            try:
+                with self.get_conn().get(
+                    url, stream=True, headers=headers, timeout=(self.connect_timeout, self.read_timeout)
+                ) as resp:
+                    if resp.status_code >= 400:
+                        raise _api.error_from_response(
+                            resp.status_code, b"", resp.headers, method="GET", path=path
+                        )
+                    data = bytearray()
+                    for chunk in resp.iter_content(64 * 1024):
+                        data += chunk
+                        if len(data) >= limit:
+                            break
+                    data = data[:limit]
+                    total = _content_total(resp.status_code, resp.headers)
+                    complete = (total is not None and len(data) >= total) or (
+                        resp.status_code == 200 and len(data) < limit
+                    )
+                    return bytes(data), total, complete
+            except requests.exceptions.RequestException as exc:
+                raise _api.transport_error(
+                    requests_transport_kind(exc), "GET", path, type(exc).__name__
+                ) from None
+
+        return self.retry_policy.call(
+            attempt, idempotent=True, what="read of a photo's header", sleep=self._sleep, logger=self.log
+        )
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with a fetch of a generation that cannot exist: no paid call is made."""

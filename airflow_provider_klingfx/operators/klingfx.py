@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from airflow_provider_klingfx._compat import (
 )
 from airflow_provider_klingfx.domain import (
     DEFAULT_DURATION,
+    MAX_PRESIGN_SECONDS,
     STANDARD_EFFECTS_MODEL,
     EffectRequest,
     GenerationError,
@@ -143,6 +145,20 @@ class KlingFxResultMixin:
         return video.url
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """What a successful run of :class:`KlingFxEffectOperator` delivered (for OpenLineage).
+
+    :param generation_id: the vendor's generation id.
+    :param video_url: the vendor's video URL.
+    :param output_path: where the video was saved, if it was.
+    """
+
+    generation_id: str
+    video_url: str
+    output_path: str | None
+
+
 class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     """Render a Kling v1.6 effects video (hug, kiss, squish, ...) from one or two photos.
 
@@ -158,8 +174,19 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     :param effect_scene: the scene, e.g. ``hug``, ``kiss``, ``heart_gesture`` (two photos), ``squish``,
         ``expansion`` (one photo), or any of the 80 names in
         :data:`airflow_provider_klingfx.domain.EFFECT_SCENES`. Templated.
-    :param image_urls: one URL or a list of one or two; for two-person scenes the first photo is placed
-        on the left. Templated (a rendered ``"['https://…', …]"`` string is accepted).
+    :param image_urls: one photo or a list of one or two; for two-person scenes the first is placed
+        on the left. A photo is an http(s) URL (sent as given), an object-storage path
+        (``s3://[conn_id@]bucket/key``, ``gs://…`` or any ``ObjectStoragePath``: checked, then sent
+        as a short-lived presigned URL), or a local file (absolute path or ``file://`` URL: needs
+        ``inline_base64_images``). Templated (a rendered ``"['https://…', …]"`` string is accepted).
+    :param inline_base64_images: send local photos, and storage photos whose store cannot presign,
+        inside the request as base64 ``data:`` URIs. The vendor documents base64 photos for its
+        image-to-video model, not for the effects models, hence opt-in. Default False: a local photo
+        fails the task before any request, saying so.
+    :param check_image_urls: also check http(s) photos against Kling's limits before paying,
+        reading only their header (a ranged GET). Storage and local photos are always checked.
+    :param presign_expires: how long presigned photo URLs stay valid, seconds or a timedelta
+        (default one hour; at most 7 days).
     :param duration: video length in seconds, 5 or 10. Templated.
     :param model: ``klingai/kling-video-v1.6-standard-effects`` (default) or
         ``klingai/kling-video-v1.6-pro-effects``. Templated.
@@ -193,6 +220,9 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         poll_interval: float = 10,
         timeout: float | timedelta = 1800,
         output_path: str | ObjectStoragePath | None = None,
+        inline_base64_images: bool = False,
+        check_image_urls: bool = False,
+        presign_expires: float | timedelta = 3600,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -205,11 +235,20 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         self.poll_interval = float(poll_interval)
         self.timeout = _seconds(timeout)
         self.output_path = output_path
+        self.inline_base64_images = inline_base64_images
+        self.check_image_urls = check_image_urls
+        self.presign_expires = _seconds(presign_expires)
         self._generation_id: str | None = None
+        #: Set when this run delivered its video (the OpenLineage output).
+        self.delivered: Delivered | None = None
         if self.poll_interval <= 0:
             raise KlingFxInvalidInputError(f"poll_interval must be positive, got {poll_interval!r}")
         if self.timeout <= 0:
             raise KlingFxInvalidInputError(f"timeout must be positive, got {timeout!r}")
+        if not 60 <= self.presign_expires <= MAX_PRESIGN_SECONDS:
+            raise KlingFxInvalidInputError(
+                f"presign_expires must be between 60 seconds and 7 days, got {presign_expires!r}"
+            )
 
     @property
     def hook(self) -> KlingFxHook:
@@ -270,6 +309,18 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         return stored
 
     def _submit(self, context: Context, hook: KlingFxHook, request: EffectRequest) -> dict[str, Any]:
+        from airflow_provider_klingfx.photos import prepare_photos
+
+        # Every photo is checked (and storage photos presigned) before the paid call; the record
+        # keeps the fingerprint of the photos as given, so a retry reattaches whatever the URLs.
+        sendable = prepare_photos(
+            request,
+            hook,
+            inline_base64=self.inline_base64_images,
+            check_urls=self.check_image_urls,
+            presign_seconds=int(self.presign_expires),
+            log=self.log,
+        )
         trace_id = self._client_request_id(context)
         self.log.info(
             "Submitting %s %s (%ss) with %d image(s); X-Client-Request-Id %s",
@@ -279,7 +330,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             len(request.image_urls),
             trace_id,
         )
-        submission = hook.submit(request, client_request_id=trace_id)
+        submission = hook.submit(sendable, client_request_id=trace_id)
         self.log.info("Submitted generation %s", submission.id)
         record = {
             "generation_id": submission.id,
@@ -294,7 +345,10 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
 
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
+        from airflow_provider_klingfx.photos import require_sendable
+
         request = EffectRequest.build(self.effect_scene, self.image_urls, self.duration, self.model)
+        require_sendable(request, inline_base64=self.inline_base64_images)
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
         record = self._reattach(context, hook, request) or self._submit(context, hook, request)
@@ -396,6 +450,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             saved = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
             context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=saved)
         self._describe_outlets(context, generation_id, video, saved)
+        self.delivered = Delivered(generation_id, video.url, saved)
         return url
 
     def _describe_outlets(
@@ -410,3 +465,24 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra.update(extra)
+
+    def get_openlineage_facets_on_start(self) -> Any:
+        """OpenLineage (called by its provider, if enabled): the photos as input datasets, as given
+        (``s3://bucket`` + key, never a presigned URL), and ``output_path`` (if set) as the output.
+
+        :returns: an ``OperatorLineage``; empty, with a warning in the log, if it cannot be made.
+        """
+        from airflow_provider_klingfx._lineage import lineage_on_start
+
+        return lineage_on_start(self)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the photos as inputs; the saved video, else the vendor's video URL without
+        its query, as the output; the generation id as a run facet.
+
+        :param task_instance: the finished task instance.
+        :returns: an ``OperatorLineage``; empty, with a warning in the log, if it cannot be made.
+        """
+        from airflow_provider_klingfx._lineage import lineage_on_complete
+
+        return lineage_on_complete(self, task_instance)

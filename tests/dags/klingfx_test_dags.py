@@ -126,3 +126,33 @@ with DAG(
         poll_interval=0.5,
         execution_timeout=timedelta(seconds=3),
     )
+
+with DAG(
+    dag_id="test_klingfx_photos",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "photos": Param([], type="array", description="one squish generation per photo"),
+        "inline": Param(False, type="boolean"),
+        "check_urls": Param(False, type="boolean"),
+    },
+):
+    # One mapped generation per photo (storage path, local file or URL), so one run shows each
+    # photo rule at work, each in its own task log.
+
+    @task
+    def photos(params: dict | None = None) -> list[dict]:
+        params = params or {}
+        return [
+            {
+                "image_urls": photo,
+                "inline_base64_images": params["inline"],
+                "check_image_urls": params["check_urls"],
+            }
+            for photo in params["photos"]
+        ]
+
+    KlingFxEffectOperator.partial(task_id="squish", effect_scene="squish", poll_interval=0.2).expand_kwargs(
+        photos()
+    )

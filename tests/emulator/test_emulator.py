@@ -572,7 +572,7 @@ async def test_rendered_mp4_decodes_with_the_right_length(
 
 @pytest.mark.parametrize("where", ["unreachable", "not-an-image"])
 async def test_fallback_frame_when_the_image_is_unusable(make_emulator: MakeEmu, where: str) -> None:
-    emu = await make_emulator(render="eager")
+    emu = await make_emulator(render="eager", check_images=False)
     url = _refused_url() if where == "unreachable" else emu.url("/health")
     gen_id = await emu.submit(emu.body("magic_fireball", [url]))
     await _complete(emu, gen_id)
@@ -587,6 +587,7 @@ async def test_fallback_frame_when_the_image_is_unusable(make_emulator: MakeEmu,
 async def test_lazy_render_and_video_dir(make_emulator: MakeEmu, tmp_path: Path) -> None:
     emu = await make_emulator(render="lazy", video_dir=tmp_path / "videos")
     gen_id = await emu.submit(emu.body("expansion"))
+    await emu.state.wait_for_renders()  # the photos are downloaded and checked at submission
     emu.clock.advance(10)
     answer = await emu.fetch_json(gen_id)
     assert answer["status"] == "completed"

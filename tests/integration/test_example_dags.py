@@ -160,9 +160,12 @@ def test_legacy_endpoint_sends_every_request_to_the_legacy_path(airflow, fresh_e
     ("conf", "message"),
     [
         ({"scene": "hug", "left_photo": "https://example.com/a.png", "right_photo": ""}, "image 2 is empty"),
-        ({"scene": "hug", "left_photo": "ftp://example.com/a.png"}, "image 1 must be a public http(s) URL"),
+        (
+            {"scene": "hug", "left_photo": "photos/a.png"},
+            "image 1 ('photos/a.png') is neither a URL nor an absolute path",
+        ),
     ],
-    ids=["empty-photo", "ftp-photo"],
+    ids=["empty-photo", "relative-photo"],
 )
 def test_bad_input_fails_before_any_request(airflow, fresh_emulator, conf, message):
     result = airflow.dags_test("example_klingfx_hug", conf)

@@ -11,6 +11,9 @@ from airflow_provider_klingfx.domain import (
     EFFECT_SCENES,
     MODELS,
     ONE_SUBJECT_SCENES,
+    PHOTO_LOCAL,
+    PHOTO_STORAGE,
+    PHOTO_URL,
     PRO_EFFECTS_MODEL,
     TWO_PERSON_SCENES,
     EffectRequest,
@@ -21,6 +24,7 @@ from airflow_provider_klingfx.domain import (
     KlingFxMalformedResponseError,
     client_request_id,
     image_count_range,
+    photo_kind,
 )
 
 SCHEMA = Path(__file__).resolve().parents[1] / "contract" / "kling-v1.6-effects.openapi.json"
@@ -115,12 +119,15 @@ def test_unrelated_scene_has_no_suggestion_but_says_where_the_list_is():
         ({"image_urls": []}, "takes 1 image, got 0"),
         ({"image_urls": [""]}, "image 1 is empty"),
         ({"image_urls": [None]}, "image 1 is empty"),
-        ({"image_urls": "not a url"}, "must be a public http"),
-        ({"image_urls": "ftp://example.com/a.png"}, "must be a public http"),
-        ({"image_urls": "file:///etc/passwd"}, "must be a public http"),
+        ({"image_urls": "not a url"}, "is neither a URL nor an absolute path"),
+        ({"image_urls": "photos/a.png"}, "is neither a URL nor an absolute path"),
+        ({"image_urls": "file://otherhost/a.png"}, "must be a file:///absolute/path URL"),
+        ({"image_urls": "s3://bucket/"}, "must name one object: s3://bucket/path/photo.jpg"),
+        ({"image_urls": "s3:///photo.jpg"}, "must name one object"),
+        ({"image_urls": "data:image/png;base64,AAAA"}, "inline_base64_images=True"),
         ({"image_urls": "https://"}, "must be a public http"),
         ({"image_urls": "https://exa mple.com/a.png"}, "must be a public http"),
-        ({"image_urls": 42}, "must be a URL or a list of URLs, got int"),
+        ({"image_urls": 42}, "or a list of them, got int"),
         ({"effect_scene": ""}, "effect_scene must be a non-empty string"),
         ({"effect_scene": None}, "effect_scene must be a non-empty string"),
     ],
@@ -256,3 +263,39 @@ def test_errors_are_airflow_exceptions():
     from airflow.sdk.exceptions import AirflowException
 
     assert issubclass(KlingFxError, AirflowException)
+
+
+@pytest.mark.parametrize(
+    ("given", "ref", "kind"),
+    [
+        ("https://cdn.example.com/a.jpg?sig=1", "https://cdn.example.com/a.jpg?sig=1", PHOTO_URL),
+        ("s3://aws_moto@photos/people/a b.jpg", "s3://aws_moto@photos/people/a b.jpg", PHOTO_STORAGE),
+        ("gs://bucket/a.png", "gs://bucket/a.png", PHOTO_STORAGE),
+        ("ftp://example.com/a.png", "ftp://example.com/a.png", PHOTO_STORAGE),
+        ("/srv/photos/My photo.png", "file:///srv/photos/My photo.png", PHOTO_LOCAL),
+        ("file:///srv/a.png", "file:///srv/a.png", PHOTO_LOCAL),
+        ("file://localhost/srv/a.png", "file:///srv/a.png", PHOTO_LOCAL),
+    ],
+)
+def test_photo_references_are_kept_in_one_canonical_form(given, ref, kind):
+    request = EffectRequest.build("squish", given)
+    assert request.image_urls == (ref,)
+    assert photo_kind(ref) == kind
+
+
+def test_an_object_storage_path_keeps_its_connection():
+    from airflow.sdk import ObjectStoragePath
+
+    # A connection id no other test uses: Airflow caches a path's filesystem per connection id.
+    request = EffectRequest.build("squish", ObjectStoragePath("s3://aws_unit_test@photos/a.jpg"))
+    assert request.image_urls == ("s3://aws_unit_test@photos/a.jpg",)
+    assert EffectRequest.build("squish", [ObjectStoragePath("s3://photos/a.jpg")]).image_urls == (
+        "s3://photos/a.jpg",
+    )
+
+
+def test_only_a_request_of_urls_can_be_sent_but_any_can_be_fingerprinted():
+    request = EffectRequest.build("hug", ["s3://bucket/left.jpg", "https://example.com/right.jpg"])
+    assert len(request.fingerprint()) == 32
+    with pytest.raises(KlingFxInvalidInputError, match=r"image 1 \(s3://bucket/left.jpg\) is not a URL"):
+        request.to_body()

@@ -1,0 +1,71 @@
+"""Photos in a private S3 bucket → one video per photo, saved to S3 → a GIF preview of each.
+
+Needs a connection ``klingfx_default`` of type ``klingfx``, an AWS connection that can read the
+photos and write the videos (``s3://<aws_conn_id>@bucket/prefix`` picks it; default
+``aws_default``), and the ``s3`` and ``preview`` extras. Nothing has to be public: each photo is
+checked against Kling's limits (JPEG or PNG, at most 10 MB, each side at least 300 px, aspect ratio
+between 1:2.5 and 2.5:1), then sent to the API as a presigned URL valid for one hour, made with the
+Amazon provider's S3Hook on the same connection.
+
+Each run writes ``<videos>/<photo>.mp4``, ``<photo>.preview.gif`` and ``<photo>.poster.jpg``.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Param, task
+
+from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+from airflow_provider_klingfx.operators.preview import KlingFxPreviewOperator
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
+
+with DAG(
+    dag_id="example_klingfx_s3_photos",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    tags=["example", "klingfx", "media", "s3"],
+    params={
+        "photos": Param(
+            "s3://aws_default@klingfx-photos/people",
+            type="string",
+            description="the folder of photos: s3://<aws_conn_id>@bucket/prefix",
+        ),
+        "videos": Param(
+            "s3://aws_default@klingfx-videos/squish",
+            type="string",
+            description="where the videos and previews go: s3://<aws_conn_id>@bucket/prefix",
+        ),
+        "scene": Param("squish", type="string", description="a one-photo scene: squish, expansion, ..."),
+    },
+):
+
+    @task
+    def list_photos(params: dict | None = None) -> list[dict]:
+        """One generation per photo in the folder: the photo as a storage path, and its video's path."""
+        from airflow.sdk import ObjectStoragePath
+
+        params = params or {}
+        folder = params["photos"].rstrip("/")
+        videos = params["videos"].rstrip("/")
+        names = sorted(
+            p.name for p in ObjectStoragePath(folder).iterdir() if p.suffix.lower() in PHOTO_SUFFIXES
+        )
+        # The photo stays an s3:// path (with its connection id): the operator checks and presigns it.
+        return [
+            {"image_urls": f"{folder}/{name}", "output_path": f"{videos}/{name.rsplit('.', 1)[0]}.mp4"}
+            for name in names
+        ]
+
+    photos = list_photos()
+    generate = KlingFxEffectOperator.partial(
+        task_id="generate", effect_scene="{{ params.scene }}"
+    ).expand_kwargs(photos)
+
+    @task
+    def saved_videos(photos: list[dict]) -> list[str]:
+        return [photo["output_path"] for photo in photos]
+
+    preview = KlingFxPreviewOperator.partial(task_id="preview").expand(video_path=saved_videos(photos))
+    generate >> preview

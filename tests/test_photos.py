@@ -1,0 +1,286 @@
+"""Photos from storage, local disks and URLs: checked against Kling's limits, turned into URLs the API
+can download (presigned, or inline base64 when asked), over real HTTP and a real (moto) S3."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+from PIL import Image
+
+from airflow_provider_klingfx.domain import EffectRequest, KlingFxInvalidInputError
+from airflow_provider_klingfx.images import MAX_IMAGE_BYTES, KlingFxImageError
+from airflow_provider_klingfx.photos import KlingFxPhotoAccessError, prepare_photos
+from tests.test_hook import make_hook
+
+
+def image_bytes(size: tuple[int, int], fmt: str = "PNG", **save: object) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 120, 40)).save(out, fmt, **save)
+    return out.getvalue()
+
+
+def oversized_png() -> bytes:
+    # Noise does not compress: 2,000 x 1,900 RGB pixels stored make a PNG over 10 MiB.
+    noise = Image.frombytes("RGB", (2000, 1900), os.urandom(2000 * 1900 * 3))
+    out = io.BytesIO()
+    noise.save(out, "PNG", compress_level=0)
+    assert len(out.getvalue()) > MAX_IMAGE_BYTES
+    return out.getvalue()
+
+
+GOOD_PNG = image_bytes((512, 400))
+#: A photo per rule, and the words its one-line error must contain.
+BAD_PHOTOS = {
+    "animated.gif": (image_bytes((640, 480), "GIF"), "format", "is a GIF image: Kling takes JPEG or PNG"),
+    "narrow.png": (image_bytes((299, 600)), "side", "is 299x600 px: Kling takes photos at least 300 px"),
+    "panorama.png": (image_bytes((1000, 300)), "aspect", "aspect ratio of 3.33:1: Kling takes between 1:2.5"),
+    "page.jpg": (b"<!DOCTYPE html><html>Access denied</html>", "format", "it looks like an HTML or XML page"),
+}
+
+
+def squish(photo: object) -> EffectRequest:
+    return EffectRequest.build("squish", photo)
+
+
+# -- local files ------------------------------------------------------------------------------
+
+
+def test_a_local_photo_goes_inline_as_base64_only_when_asked(tmp_path, connection, sleeps, caplog):
+    photo = tmp_path / "me.png"
+    photo.write_bytes(GOOD_PNG)
+    hook = make_hook(sleeps)
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(str(photo)), hook)
+    assert info.value.rule == "local"
+    assert str(info.value) == (
+        f"image 1 (file://{photo}) is a local file, which the API cannot download: put it in object "
+        "storage (s3://…, gs://…) or at an http(s) URL, or pass inline_base64_images=True to send it in "
+        "the request as base64 (undocumented for the effects models)"
+    )
+    caplog.set_level("INFO")
+    sendable = prepare_photos(squish(str(photo)), hook, inline_base64=True)
+    (uri,) = sendable.image_urls
+    assert uri.startswith("data:image/png;base64,")
+    assert base64.b64decode(uri.split(",", 1)[1]) == GOOD_PNG
+    assert sendable.to_body()["image_url"] == uri
+    assert (
+        f"Photo 1: file://{photo} (PNG 512x400, {len(GOOD_PNG) / 1e3:.0f} KB), sent inline as base64"
+        in caplog.text
+    )
+    assert uri.split(",", 1)[1][:40] not in caplog.text
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PHOTOS))
+def test_each_rule_rejects_a_photo_in_one_line_naming_it(tmp_path, connection, sleeps, name):
+    data, rule, words = BAD_PHOTOS[name]
+    photo = tmp_path / name
+    photo.write_bytes(data)
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(str(photo)), make_hook(sleeps), inline_base64=True)
+    assert info.value.rule == rule
+    assert str(info.value).startswith(f"image 1 (file://{photo}) ")
+    assert words in str(info.value)
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, KlingFxInvalidInputError)  # fails the task without retries
+
+
+def test_a_photo_over_10_mb_is_rejected_from_its_size_alone(tmp_path, connection, sleeps):
+    photo = tmp_path / "huge.png"
+    photo.write_bytes(oversized_png())
+    with pytest.raises(
+        KlingFxImageError, match=r"is 1\d\.\d MB: Kling takes photos of at most 10 MB"
+    ) as info:
+        prepare_photos(squish(str(photo)), make_hook(sleeps), inline_base64=True)
+    assert info.value.rule == "size"
+
+
+def test_a_jpeg_whose_header_is_longer_than_the_first_read_is_read_further(tmp_path, connection, sleeps):
+    # Phones write EXIF and ICC segments of tens of KB before the pixel size.
+    photo = tmp_path / "phone.jpg"
+    photo.write_bytes(image_bytes((400, 900), "JPEG", exif=b"Exif\x00\x00" + b"\x00" * 65_000))
+    sendable = prepare_photos(squish(photo.as_uri()), make_hook(sleeps), inline_base64=True)
+    assert sendable.image_urls[0].startswith("data:image/jpeg;base64,")
+
+
+def test_a_missing_local_photo_fails_naming_it(tmp_path, connection, sleeps):
+    with pytest.raises(
+        KlingFxImageError, match=r"image 1 \(file://.*/gone.png\) cannot be read: FileNotFound"
+    ):
+        prepare_photos(squish(str(tmp_path / "gone.png")), make_hook(sleeps), inline_base64=True)
+
+
+def test_a_store_that_cannot_presign_needs_inline_upload(connection, sleeps):
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    attach("memory", fs=MemoryFileSystem())  # a store fsspec knows but that has no signed URLs
+    ref = "memory://klingfx-test/photos/me.png"
+    ObjectStoragePath(ref).write_bytes(GOOD_PNG)
+    with pytest.raises(KlingFxImageError, match=r"is in a store \(memory\) that cannot make a presigned URL"):
+        prepare_photos(squish(ref), make_hook(sleeps))
+    sendable = prepare_photos(squish(ref), make_hook(sleeps), inline_base64=True)
+    assert base64.b64decode(sendable.image_urls[0].split(",", 1)[1]) == GOOD_PNG
+
+
+def test_a_store_airflow_cannot_open_says_which_provider_to_install(connection, sleeps):
+    with pytest.raises(
+        KlingFxImageError,
+        match=r"image 1 \(nosuchstore://album/me.png\) is in a store this Airflow cannot open",
+    ) as info:
+        prepare_photos(squish("nosuchstore://album/me.png"), make_hook(sleeps))
+    assert "airflow-provider-klingfx[s3] for s3:// or [gcs] for gs://" in str(info.value)
+
+
+def test_a_request_of_storage_paths_cannot_be_sent_unprepared(connection, sleeps, emulator):
+    with pytest.raises(KlingFxInvalidInputError, match=r"image 1 \(s3://photos/me.png\) is not a URL"):
+        make_hook(sleeps).submit(squish("s3://aws_moto@photos/me.png"))
+    assert emulator.stats()["requests"] == []
+
+
+# -- S3 -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def s3_photos(s3, monkeypatch) -> dict:
+    for name, value in s3["env"].items():
+        monkeypatch.setenv(name, value)
+    s3["client"].create_bucket(Bucket="photos")
+    s3["client"].put_object(Bucket="photos", Key="people/me.png", Body=GOOD_PNG)
+    for name, (data, _, _) in BAD_PHOTOS.items():
+        s3["client"].put_object(Bucket="photos", Key=f"people/{name}", Body=data)
+    return s3
+
+
+def test_an_s3_photo_becomes_a_presigned_url_that_serves_it(s3_photos, connection, sleeps, caplog):
+    caplog.set_level("INFO")
+    sendable = prepare_photos(
+        squish("s3://aws_moto@photos/people/me.png"), make_hook(sleeps), presign_seconds=600
+    )
+    (url,) = sendable.image_urls
+    endpoint = s3_photos["client"].meta.endpoint_url
+    assert url.startswith(f"{endpoint}/photos/people/me.png?")
+    assert "X-Amz-Signature=" in url and "X-Amz-Expires=600" in url
+    with urllib.request.urlopen(url, timeout=10) as resp:  # what the API will do
+        assert resp.read() == GOOD_PNG
+    shown = f"Photo 1: s3://photos/people/me.png (PNG 512x400, {len(GOOD_PNG) / 1e3:.0f} KB)"
+    assert f"{shown}, sent as a presigned URL valid 10 min" in caplog.text
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name != "werkzeug")  # not moto's own
+    assert "X-Amz" not in ours
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PHOTOS))
+def test_an_s3_photo_is_checked_before_it_is_presigned(s3_photos, connection, sleeps, name):
+    _, rule, words = BAD_PHOTOS[name]
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(f"s3://aws_moto@photos/people/{name}"), make_hook(sleeps))
+    assert (info.value.rule, info.value.shown) == (rule, f"s3://photos/people/{name}")
+    assert words in str(info.value)
+
+
+def test_a_missing_s3_photo_fails_naming_it(s3_photos, connection, sleeps):
+    with pytest.raises(KlingFxImageError, match=r"image 1 \(s3://photos/people/nobody.png\) cannot be read"):
+        prepare_photos(squish("s3://aws_moto@photos/people/nobody.png"), make_hook(sleeps))
+
+
+# -- http(s) URLs -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
+    """A photo host on 127.0.0.1 that honours byte ranges (or not) and records what it was asked."""
+    import asyncio
+    import threading
+
+    files = {"/me.png": GOOD_PNG, **{f"/{n}": d for n, (d, _, _) in BAD_PHOTOS.items()}}
+    seen: list[dict] = []
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        seen.append(
+            {
+                "path": request.path,
+                "range": request.headers.get("Range"),
+                "auth": request.headers.get("Authorization"),
+            }
+        )
+        if request.path == "/private.png":
+            return web.Response(status=403, text="AccessDenied")
+        data = files.get(request.path)
+        if data is None:
+            return web.Response(status=404)
+        if request.query.get("ranges") == "no":
+            return web.Response(body=data, content_type="application/octet-stream")
+        # aiohttp's FileResponse would do ranges; a plain body here keeps the server honest about them.
+        spec = request.headers.get("Range", "")
+        if spec.startswith("bytes=0-"):
+            end = min(int(spec.removeprefix("bytes=0-")), len(data) - 1)
+            return web.Response(
+                status=206, body=data[: end + 1], headers={"Content-Range": f"bytes 0-{end}/{len(data)}"}
+            )
+        return web.Response(body=data)
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(app, access_log=None)
+    loop.run_until_complete(runner.setup())
+    port = unused_tcp_port_factory()
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield {"url": f"http://127.0.0.1:{port}", "seen": seen}
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    loop.run_until_complete(runner.cleanup())
+    loop.close()
+
+
+def test_url_photos_are_sent_unread_by_default(photo_host, connection, sleeps):
+    url = f"{photo_host['url']}/animated.gif?sig=abc"
+    assert prepare_photos(squish(url), make_hook(sleeps)).image_urls == (url,)
+    assert photo_host["seen"] == []
+
+
+def test_a_url_photo_is_checked_from_a_ranged_read_when_asked(photo_host, connection, sleeps):
+    url = f"{photo_host['url']}/me.png?X-Amz-Signature=s3cr3t"
+    assert prepare_photos(squish(url), make_hook(sleeps), check_urls=True).image_urls == (url,)
+    assert photo_host["seen"] == [{"path": "/me.png", "range": "bytes=0-65535", "auth": None}]
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PHOTOS))
+def test_a_bad_url_photo_is_rejected_when_checked(photo_host, connection, sleeps, name):
+    _, rule, words = BAD_PHOTOS[name]
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(f"{photo_host['url']}/{name}?token=s3cr3t"), make_hook(sleeps), check_urls=True)
+    assert info.value.rule == rule and words in str(info.value)
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_a_host_that_ignores_ranges_is_read_only_as_far_as_the_header(photo_host, connection, sleeps):
+    url = f"{photo_host['url']}/panorama.png?ranges=no"
+    with pytest.raises(KlingFxImageError, match=r"aspect ratio of 3\.33:1"):
+        prepare_photos(squish(url), make_hook(sleeps), check_urls=True)
+
+
+def test_a_url_the_api_could_not_download_fails_before_paying(photo_host, connection, sleeps, emulator):
+    with pytest.raises(
+        KlingFxImageError, match=r"could not be downloaded \(HTTP 403\); the API downloads it"
+    ):
+        prepare_photos(squish(f"{photo_host['url']}/private.png"), make_hook(sleeps), check_urls=True)
+    assert emulator.stats()["requests"] == []
+
+
+def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps, unused_tcp_port):
+    with pytest.raises(
+        KlingFxPhotoAccessError, match=r"image 1 \(http://127.0.0.1:\d+/me.png\) could not be read"
+    ):
+        prepare_photos(
+            squish(f"http://127.0.0.1:{unused_tcp_port}/me.png"), make_hook(sleeps), check_urls=True
+        )
+    assert len(sleeps.calls) == 3  # the hook's policy: 4 attempts
