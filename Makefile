@@ -13,7 +13,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
 # CI runs them too, with `make test-deployment`.
 PYTEST_MARKERS ?= not deployment
 
-.PHONY: help venv deploy-venv servers demo test test-deployment test-production lint typecheck pytest \
+.PHONY: help venv deploy-venv servers browser demo test test-deployment test-production lint typecheck pytest \
 	bench emulator clean
 
 help:
@@ -52,6 +52,17 @@ servers:
 		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends $$missing; \
 	fi
 
+# The browser of the UI views' tests (tests/ui), Debian's chromium, installed only when missing:
+# Playwright drives it (executable_path), it never downloads a browser of its own. A font, so the
+# pages have text to render on a bare machine.
+browser:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+		echo "installing chromium (Debian package)"; \
+		$$sudo apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y --no-install-recommends \
+			chromium fonts-dejavu-core; \
+	fi
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -69,8 +80,9 @@ test: lint typecheck pytest
 
 # The local-shape deployment tests (SQLite, LocalExecutor). The production-shaped one is marked
 # `production` as well as `deployment`, and left out here: it needs PostgreSQL and Redis, takes
-# about 5 minutes of both cores, and has its own target below.
-test-deployment:
+# about 5 minutes of both cores, and has its own target below. The UI views' tests (tests/ui) drive a
+# real browser: `browser` installs it first.
+test-deployment: browser
 	$(MAKE) pytest PYTEST_MARKERS="deployment and not production" PYTEST_ARGS="-n 2 --dist loadgroup --durations=5"
 
 # The production-shaped deployment (tests/deployment/test_production.py): PostgreSQL, the

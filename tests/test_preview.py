@@ -391,18 +391,37 @@ def test_operator_execute_returns_the_result_for_xcom(clip: Path, tmp_path: Path
         max_seconds=1,
     )
 
+    ti = XComRecorder()
     with caplog.at_level("INFO"):
-        value = op.execute({})  # type: ignore[arg-type]  # execute reads nothing from the context
+        value = op.execute({"ti": ti})  # type: ignore[arg-type]  # execute reads only "ti"
 
     assert value["gif_path"] == f"file://{tmp_path}/out/preview.gif"
     assert value["poster_path"] == f"file://{clip.with_name('clip.poster.jpg')}"
     assert value["frames"] == 5
     assert (value["width"], value["height"]) == (32, 21)
     assert json.loads(json.dumps(value)) == value
+    # What the Kling gallery finds the preview of a saved video by.
+    assert ti.pushed == {
+        "preview": {
+            "video_path": str(clip),
+            "gif_path": value["gif_path"],
+            "poster_path": value["poster_path"],
+        }
+    }
     # Outside a task runner, Airflow's structlog may print the line rather than hand it to logging.
     logged = [r.getMessage() for r in caplog.records] + capsys.readouterr().out.splitlines()
     [line] = [text for text in logged if "Preview of" in text]
     assert value["gif_path"] in line and value["poster_path"] in line and "5 frames" in line
+
+
+class XComRecorder:
+    """The part of a task instance the operator uses: ``xcom_push``."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, object] = {}
+
+    def xcom_push(self, key: str, value: object) -> None:
+        self.pushed[key] = value
 
 
 def test_operator_template_fields_render(clip: Path, tmp_path: Path):
@@ -416,7 +435,7 @@ def test_operator_template_fields_render(clip: Path, tmp_path: Path):
     assert tuple(op.template_fields) == ("video_path", "gif_path", "poster_path")
 
     op.render_template_fields({"folder": str(clip.parent), "name": "rendered"})  # type: ignore[arg-type]
-    value = op.execute({})  # type: ignore[arg-type]
+    value = op.execute({"ti": XComRecorder()})  # type: ignore[arg-type]
 
     assert value["gif_path"] == f"file://{clip.parent}/rendered.gif"
     assert value["poster_path"] == f"file://{clip.parent}/rendered.png"
@@ -426,7 +445,7 @@ def test_operator_empty_output_templates_mean_the_default_paths(clip: Path):
     # A pulled XCom that does not exist renders "None": it means "no path given", not a file named None.
     op = KlingFxPreviewOperator(task_id="preview", video_path=str(clip), gif_path="None", poster_path=" ")
 
-    value = op.execute({})  # type: ignore[arg-type]
+    value = op.execute({"ti": XComRecorder()})  # type: ignore[arg-type]
 
     assert value["gif_path"].endswith("/clip.preview.gif")
     assert value["poster_path"].endswith("/clip.poster.jpg")

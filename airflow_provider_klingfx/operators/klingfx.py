@@ -6,6 +6,7 @@ aiohttp, tenacity) and the trigger are imported only when a task runs.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from airflow_provider_klingfx._compat import (
 from airflow_provider_klingfx.domain import (
     DEFAULT_DURATION,
     MAX_PRESIGN_SECONDS,
+    PHOTO_URL,
     STANDARD_EFFECTS_MODEL,
     EffectRequest,
     GenerationError,
@@ -39,6 +41,9 @@ from airflow_provider_klingfx.domain import (
     abandoned_notice,
     client_request_id,
     merge_usage,
+    photo_kind,
+    redact_url,
+    redact_urls,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +57,10 @@ XCOM_GENERATION_ID = "generation_id"
 XCOM_VIDEO = "video"
 XCOM_USAGE = "usage"
 XCOM_OUTPUT_PATH = "output_path"
+#: What was asked (scene, model, duration, photos as they may be shown), pushed before anything else.
+XCOM_REQUEST = "request"
+#: Why the task failed (``{"type", "message"}``), pushed as it fails.
+XCOM_ERROR = "error"
 #: Key in ``task_state_store`` (Airflow 3.3+) under which the generation id survives task retries.
 STATE_STORE_KEY = "klingfx_generation"
 #: Extra time the framework's defer timeout allows past the trigger's own deadline, so the
@@ -117,6 +126,28 @@ def raise_for_event(event: dict[str, Any] | None) -> tuple[str, Video, Usage | N
             )
         raise KlingFxError(f"polling generation {gen_id} failed: {message}")
     raise KlingFxError(f"unexpected trigger event status {status!r} for generation {gen_id}")
+
+
+def request_summary(request: EffectRequest) -> dict[str, Any]:
+    """What XCom ``request`` holds: the scene, model, duration and photos of a request.
+
+    Each photo as it may be shown (``scheme://host/path``), and, where the views can show a
+    thumbnail without a credential, where to read it: a storage or local path (read with the
+    api-server's own connections), or an http(s) URL that has no query.
+
+    :param request: the validated request.
+    """
+    photos = []
+    for ref in request.image_urls:
+        shown = redact_url(ref)
+        thumbnail = ref if photo_kind(ref) != PHOTO_URL or shown == ref else None
+        photos.append({"shown": shown, "thumbnail": thumbnail})
+    return {
+        "effect_scene": request.effect_scene,
+        "model": request.model,
+        "duration": request.duration,
+        "photos": photos,
+    }
 
 
 class KlingFxResultMixin:
@@ -345,9 +376,14 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
 
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
+        with self._failure_reported(context):
+            return self._execute(context)
+
+    def _execute(self, context: Context) -> str:
         from airflow_provider_klingfx.photos import require_sendable
 
         request = EffectRequest.build(self.effect_scene, self.image_urls, self.duration, self.model)
+        context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request))
         require_sendable(request, inline_base64=self.inline_base64_images)
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
@@ -434,8 +470,30 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             gen_id = ti.xcom_pull(
                 task_ids=ti.task_id, key=XCOM_GENERATION_ID, map_indexes=getattr(ti, "map_index", -1)
             )
-        with self._paid_generation(context, str(gen_id) if gen_id else None):
+        with self._failure_reported(context), self._paid_generation(context, str(gen_id) if gen_id else None):
             return super().resume_execution(next_method, next_kwargs, context)
+
+    @contextmanager
+    def _failure_reported(self, context: Context) -> Iterator[None]:
+        """Push XCom ``error`` when the task fails, for the Kling gallery: the error's type, its
+        message and, for a generation the vendor failed, the vendor's reason alone.
+
+        The message is the exception's own line, which never holds a key or a presigned URL.
+        """
+        try:
+            yield
+        except AirflowSkipException:
+            raise
+        except (Exception, AirflowTaskTimeout) as exc:
+            reason = getattr(exc, "reason", None)
+            value = {
+                "type": type(exc).__name__,
+                "message": redact_urls(str(exc))[:2000],
+                "reason": redact_urls(reason)[:2000] if isinstance(reason, str) else None,
+            }
+            with contextlib.suppress(Exception):  # reporting must not hide the failure itself
+                context["ti"].xcom_push(key=XCOM_ERROR, value=value)
+            raise
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: return the video URL, or raise the typed error the event names."""

@@ -16,6 +16,9 @@ from airflow_provider_klingfx.domain import KlingFxInvalidInputError
 if TYPE_CHECKING:
     from airflow.sdk import Context, ObjectStoragePath
 
+#: XCom key of ``{"video_path", "gif_path", "poster_path"}``: how the views find a video's preview.
+XCOM_PREVIEW = "preview"
+
 
 def _rendered_path(value: str | ObjectStoragePath | None) -> str | ObjectStoragePath | None:
     """``None`` for an empty template result: a pulled XCom that does not exist renders ``"None"``."""
@@ -78,7 +81,8 @@ class KlingFxPreviewOperator(BaseOperator):
         self.poster_at = poster_at
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Make the preview; return :meth:`PreviewResult.to_dict` (nothing is read from ``context``)."""
+        """Make the preview; return :meth:`PreviewResult.to_dict`, and push XCom ``preview`` (which
+        video, its GIF and poster) for the Kling gallery to find."""
         from airflow_provider_klingfx.preview import make_preview
 
         video = _rendered_path(self.video_path)
@@ -107,5 +111,9 @@ class KlingFxPreviewOperator(BaseOperator):
             result.gif_bytes / 1e3,
             result.poster_path,
             result.poster_bytes / 1e3,
+        )
+        context["ti"].xcom_push(
+            key=XCOM_PREVIEW,
+            value={"video_path": str(video), "gif_path": result.gif_path, "poster_path": result.poster_path},
         )
         return result.to_dict()

@@ -137,6 +137,14 @@ def test_face_detection_failure_fails_the_task_after_one_submission(airflow, fre
     assert "Could not detect face in the image" in result.output
     assert "KlingFxGenerationFailedError" in result.output
     assert fresh_emulator.stats()["submissions"] == 1
+    # What the views show: the request as asked, and why it failed.
+    error = result.xcom("hug", "error")
+    assert error["type"] == "KlingFxGenerationFailedError"
+    assert "Could not detect face in the image" in error["message"]
+    assert error["reason"].startswith("Could not detect face in the image")
+    request = result.xcom("hug", "request")
+    assert (request["effect_scene"], request["duration"]) == ("hug", 5)
+    assert [p["shown"] for p in request["photos"]] == [left, right]
 
 
 def test_legacy_endpoint_sends_every_request_to_the_legacy_path(airflow, fresh_emulator):
