@@ -59,7 +59,8 @@ XCOM_USAGE = "usage"
 XCOM_OUTPUT_PATH = "output_path"
 #: What was asked (scene, model, duration, photos as they may be shown), pushed before anything else.
 XCOM_REQUEST = "request"
-#: Why the task failed (``{"type", "message"}``), pushed as it fails.
+#: Why the task failed (``{"type", "message", "reason"}``; ``reason``: the vendor's own words for a
+#: generation it failed, else None), pushed as it fails.
 XCOM_ERROR = "error"
 #: Key in ``task_state_store`` (Airflow 3.3+) under which the generation id survives task retries.
 STATE_STORE_KEY = "klingfx_generation"
@@ -197,7 +198,8 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     ``generation_id``, then waits for the video: in the triggerer (``deferrable=True``, the
     default, which frees the worker slot for the ~2 minutes a generation takes) or on the worker.
     Returns the video URL (XCom ``return_value``) and pushes XCom ``video`` (url, content_type,
-    file_name, file_size) and ``usage`` when the API reports it.
+    file_name, file_size) and ``usage`` when the API reports it. XComs ``request`` (what was asked)
+    and, on failure, ``error`` (why) feed the Kling video tab and gallery.
 
     A vendor-side failure (``status: error``, e.g. no face found) fails the task without retries:
     the same photo would fail again and each try is paid.
