@@ -175,6 +175,8 @@ def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> 
         return PreparedPhoto(position, shown, url, "sent as given", None)
     try:
         info = _read_checked(lambda n: hook.read_image_head(url, n), position, shown)
+    except KlingFxImageError:
+        raise
     except KlingFxAPIError as exc:
         if is_transient(exc):
             raise KlingFxPhotoAccessError(position, shown, exc) from None
@@ -186,8 +188,6 @@ def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> 
             "fail too: check the URL, or that it is public or presigned",
         ) from None
     except KlingFxError as exc:
-        if isinstance(exc, KlingFxImageError):
-            raise
         raise KlingFxPhotoAccessError(position, shown, exc) from None
     return PreparedPhoto(position, shown, url, "sent as given", info)
 

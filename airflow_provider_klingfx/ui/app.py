@@ -224,17 +224,19 @@ def _stream(url: str, media_type: str, range_header: str | None) -> Response:
 def _photo(ref: str) -> Response:
     """A storage or local photo, for its thumbnail (http(s) photos are shown from their own URL)."""
     from airflow_provider_klingfx.domain import PHOTO_URL, photo_kind
+    from airflow_provider_klingfx.images import MAX_IMAGE_BYTES
 
     if photo_kind(ref) == PHOTO_URL:
         return RedirectResponse(ref, status_code=307)
     path, size = _open(ref)
-    if size > 10 * 1024 * 1024:
+    if size > MAX_IMAGE_BYTES:
         raise HTTPException(404, "photo too large to show")
     with path.open("rb") as fh:
         data = fh.read()
     return Response(
         data,
-        media_type=_image_type(ref) if not data.startswith(b"\x89PNG") else "image/png",
+        # By content, as the photo was checked: JPEG or PNG whatever its name says.
+        media_type="image/png" if data.startswith(b"\x89PNG") else "image/jpeg",
         headers=_NOT_COMPRESSED,
     )
 
