@@ -1,20 +1,36 @@
 # The two commands of the README's contract: `make demo` and `make test`. Both set everything up on a
 # fresh machine (a virtualenv under .venv, the package and Airflow installed from the project's own
 # files) and are safe to run again.
+#
+# Every install takes its versions from constraints/<Airflow>/constraints-<Python>.txt, as Airflow's
+# docs ask: known-good pins kept in this repository (`make constraints` regenerates them), so a new
+# release of some dependency cannot break a supported line. `make drift` checks the newest releases.
 
 PYTHON ?= python3
 VENV ?= .venv
 AIRFLOW_VERSION ?= 3.3.2
+# uv itself is pinned too: it resolves every install below.
+UV_VERSION ?= 0.13.10
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)
-DEPLOY_STAMP := $(VENV)/.installed-deploy-$(AIRFLOW_VERSION)
+PY_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+AIRFLOW_LINE := $(word 1,$(subst ., ,$(AIRFLOW_VERSION))).$(word 2,$(subst ., ,$(AIRFLOW_VERSION)))
+CONSTRAINTS := constraints/$(AIRFLOW_VERSION)/constraints-$(PY_VERSION).txt
+# Releases known to break a line (with the reason), applied by `make constraints` and `make drift`.
+EXCLUSIONS := $(wildcard constraints/exclusions-$(AIRFLOW_LINE).txt)
+STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)-py$(PY_VERSION)
+DEPLOY_STAMP := $(VENV)/.installed-deploy-$(AIRFLOW_VERSION)-py$(PY_VERSION)
+UV_INSTALL = $(BIN)/uv pip install --python $(BIN)/python --quiet -c $(CONSTRAINTS)
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
 # `make test` leaves out the tests that start a whole Airflow deployment (several minutes each);
 # CI runs them too, with `make test-deployment`.
 PYTEST_MARKERS ?= not deployment
+# `make drift`: a throwaway venv of the newest releases that resolve (minus the known exclusions),
+# and the tests that show first when a dependency breaks Airflow or the provider.
+DRIFT_VENV ?= .venv-drift-$(AIRFLOW_VERSION)-py$(PY_VERSION)
+DRIFT_TESTS ?= tests/integration/test_provider_discovery.py tests/integration/test_example_dags.py
 
 .PHONY: help venv deploy-venv servers browser demo test test-deployment test-production lint typecheck pytest \
-	bench emulator clean
+	bench emulator constraints drift clean
 
 help:
 	@echo "make demo   - run an example DAG end to end against the built-in emulator (or the real API with AIMLAPI_KEY set)"
@@ -22,11 +38,22 @@ help:
 	@echo "make test-deployment - the tests that run a whole Airflow deployment (scheduler, triggerer, ...)"
 	@echo "make test-production - the production-shaped deployment: PostgreSQL, Celery + Redis, 200 generations"
 	@echo "make bench  - benchmarks, written to benchmarks/RESULTS.md"
+	@echo "make constraints - regenerate the pinned versions in constraints/ (AIRFLOW_VERSIONS=..., PYTHONS=...)"
+	@echo "make drift  - the discovery and example-DAG tests on the newest releases, with what changed"
 
-$(STAMP): pyproject.toml
+$(CONSTRAINTS):
+	@echo "No pinned versions for Airflow $(AIRFLOW_VERSION) on Python $(PY_VERSION) ($@)." >&2
+	@echo "Supported: $$(ls constraints/*/constraints-*.txt | sed 's|constraints/||;s|/constraints-| on Python |;s|.txt||' | tr '\n' ',')" >&2
+	@echo "Pick another PYTHON=..., or add the pair: make constraints AIRFLOW_VERSIONS=$(AIRFLOW_VERSION) PYTHONS=$(PY_VERSION)" >&2
+	@exit 1
+
+# A venv made with another Python than $(PYTHON) is made again.
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PY_VERSION)" ]; then \
+		rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(UV_INSTALL) -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
 	rm -f $(VENV)/.installed-airflow-* $(VENV)/.installed-deploy-*
 	touch $@
 
@@ -35,7 +62,7 @@ venv: $(STAMP)
 # The Python side of the production-shaped deployment: the `deploy` extra (Celery, Redis, PostgreSQL
 # drivers) on top of the dev install.
 $(DEPLOY_STAMP): $(STAMP)
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev,deploy]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(UV_INSTALL) -e ".[dev,deploy]" "apache-airflow==$(AIRFLOW_VERSION)"
 	touch $@
 
 deploy-venv: $(DEPLOY_STAMP)
@@ -98,8 +125,36 @@ emulator: venv
 	$(BIN)/python -m airflow_provider_klingfx.emulator
 
 bench: venv
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(UV_INSTALL) -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
 	$(BIN)/python benchmarks/run.py
+
+# Regenerate the pins (all supported Airflow versions and Pythons unless narrowed), from pyproject.toml's
+# extras and constraints/exclusions-*.txt. Run .ci/run before committing the result.
+AIRFLOW_VERSIONS ?=
+PYTHONS ?=
+UV_TOOL := .venv-uv/bin/uv
+$(UV_TOOL):
+	$(PYTHON) -m venv .venv-uv
+	.venv-uv/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+constraints: $(UV_TOOL)
+	PATH="$(abspath .venv-uv/bin):$$PATH" $(PYTHON) scripts/constraints.py $(AIRFLOW_VERSIONS) \
+		$(foreach p,$(PYTHONS),--python $(p))
+
+# The newest releases that resolve (minus the known exclusions), in a throwaway venv: the discovery and
+# example-DAG tests, and the packages whose versions differ from the pins. A failure here, with the pinned
+# lines green, names a new release that breaks this line: add it to constraints/exclusions-<line>.txt.
+drift:
+	rm -rf $(DRIFT_VENV)
+	$(PYTHON) -m venv $(DRIFT_VENV)
+	$(DRIFT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(DRIFT_VENV)/bin/uv pip install --python $(DRIFT_VENV)/bin/python --quiet --upgrade \
+		$(if $(EXCLUSIONS),-c $(EXCLUSIONS)) -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(DRIFT_VENV)/bin/python scripts/constraints.py --diff $(CONSTRAINTS)
+	$(DRIFT_VENV)/bin/python -m pytest -p no:cacheprovider --basetemp="$$(mktemp -d -t klingfx-drift-XXXXXX)" \
+		-n 2 --dist loadfile $(DRIFT_TESTS) \
+	|| { echo "DRIFT: Airflow $(AIRFLOW_VERSION) on Python $(PY_VERSION) fails with the newest releases;" \
+		"the packages above differ from $(CONSTRAINTS)." >&2; exit 1; }
 
 clean:
 	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info
