@@ -93,6 +93,9 @@ class ApiSettings:
         limit and outages) or ``per_trigger``.
     :param max_polls_per_second: a cap on the polls per second of one process to this API and key
         (``None``: none; throttling still follows the API's 429s).
+    :param allow_private_hosts: whether URLs that are not the API (photos checked before paying, the
+        vendor's video URL) may lead to loopback, private or link-local addresses. Default: only when
+        the API itself is on a loopback address (the local emulator).
     """
 
     base_url: str
@@ -104,6 +107,7 @@ class ApiSettings:
     expected_seconds: float = 120.0
     poll_coordination: str = "shared"
     max_polls_per_second: float | None = None
+    allow_private_hosts: bool = False
 
     @property
     def path(self) -> str:
@@ -121,6 +125,21 @@ class ApiSettings:
         :param generation_id: the vendor's generation id.
         """
         return f"{self.base_url}{self.path}?generation_id={quote(generation_id, safe='')}"
+
+
+def is_public_address(address: str) -> bool:
+    """Whether an IP address is on the public internet: not loopback, private, link-local, shared,
+    reserved or multicast (an IPv4 address mapped into IPv6 counts as that IPv4 address).
+
+    :param address: an IPv4 or IPv6 address.
+    """
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
 
 
 def _is_loopback(host: str) -> bool:
@@ -200,7 +219,9 @@ def settings_from_connection(
     :param extra: extras: ``endpoint`` is ``universal`` (default) or ``legacy``; ``connect_timeout``
         and ``read_timeout`` in seconds (defaults 10 and 30); ``poll_schedule`` is ``fixed``
         (default) or ``adaptive``, with ``expected_seconds`` (default 120); ``poll_coordination``
-        is ``shared`` (default) or ``per_trigger``; ``max_polls_per_second`` caps a process's polls.
+        is ``shared`` (default) or ``per_trigger``; ``max_polls_per_second`` caps a process's polls;
+        ``allow_private_hosts`` (true/false) lets photo checks and video downloads reach private
+        addresses (default: only for an API on a loopback address, the local emulator).
     :param port: the connection's port field, when the host names none.
     :raises KlingFxConnectionConfigError: with what to fix.
     """
@@ -220,6 +241,7 @@ def settings_from_connection(
             "expected_seconds",
             "poll_coordination",
             "max_polls_per_second",
+            "allow_private_hosts",
         )
     }
     endpoint = str(extra.get("endpoint") or "universal").strip().lower()
@@ -264,6 +286,15 @@ def settings_from_connection(
             f"connection {conn_id!r} has max_polls_per_second={raw_cap!r} in extra; "
             "give a positive number, or leave it empty for no cap"
         )
+    raw_private = extra.get("allow_private_hosts")
+    if raw_private in (None, ""):
+        allow_private = _is_loopback(urlsplit(base_url).hostname or "")
+    elif str(raw_private).strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        allow_private = str(raw_private).strip().lower() in ("true", "1", "yes")
+    else:
+        raise KlingFxConnectionConfigError(
+            f"connection {conn_id!r} has allow_private_hosts={raw_private!r} in extra; use true or false"
+        )
     return ApiSettings(
         base_url=base_url,
         api_key=ApiKey(password.strip()),
@@ -271,6 +302,7 @@ def settings_from_connection(
         poll_schedule=schedule,
         poll_coordination=coordination,
         max_polls_per_second=cap,
+        allow_private_hosts=allow_private,
         **seconds,
     )
 

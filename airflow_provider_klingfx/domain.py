@@ -216,6 +216,15 @@ class KlingFxMalformedResponseError(KlingFxError):
     """The API answered 200 but the body was not the JSON this provider expects."""
 
 
+class KlingFxUnsafeUrlError(KlingFxError, AirflowFailException):
+    """A URL that is not the API (a photo, a video) leads to a loopback, private or link-local
+    address, or redirects where a photo check does not follow. Nothing was read from it.
+
+    Whoever chose the URL (a DAG-run Param, an XCom, the vendor's answer) must not make a worker
+    read from the worker's own network. The connection's extra ``allow_private_hosts`` allows it.
+    """
+
+
 class KlingFxAmbiguousSubmissionError(KlingFxError, AirflowFailException):
     """A submission failed in a way that may have created (and billed) a generation anyway.
 
@@ -892,11 +901,17 @@ class Generation:
             raise KlingFxGenerationFailedError(self.id, err.reason, err.error_type)
 
 
+def _is_http_url(value: object) -> bool:
+    return isinstance(value, str) and value[:8].lower().startswith(("http://", "https://"))
+
+
 def _parse_video(raw: object) -> Video | None:
-    if isinstance(raw, Mapping) and isinstance(raw.get("url"), str) and raw["url"]:
+    # Only an http(s) URL is a video: the URL lands in XCom, in the extra link's button and in the
+    # views, so a vendor answer must not turn it into javascript: or file: (it counts as no video).
+    if isinstance(raw, Mapping) and _is_http_url(raw.get("url")):
         return Video.from_dict(raw)
-    if isinstance(raw, str) and raw.startswith(("http://", "https://")):
-        return Video(url=raw)  # some models answer a bare URL
+    if _is_http_url(raw):
+        return Video(url=str(raw))  # some models answer a bare URL
     return None
 
 

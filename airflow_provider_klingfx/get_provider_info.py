@@ -57,6 +57,35 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "extra-links": ["airflow_provider_klingfx.operators.klingfx.KlingFxVideoLink"],
+        # Settings of the views in Airflow's UI (`airflow config list` shows them; AIRFLOW__KLINGFX__*).
+        "config": {
+            "klingfx": {
+                "description": "The provider's views in Airflow's UI (the Kling video tab and galleries).",
+                "options": {
+                    "views_enabled": {
+                        "description": "Show the views. False leaves them out of Airflow's UI and "
+                        "the api-server, without uninstalling the provider.",
+                        "version_added": "0.3.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "views_read_prefixes": {
+                        "description": "Comma-separated folders the api-server may read saved "
+                        "videos, GIF previews, posters and photos from, to show them: "
+                        "file:///path/ or scheme://[conn_id@]bucket/path/ (read with that "
+                        "connection). Empty (the default): the views play the vendor's copy of each "
+                        "video and show no stored picture. Anyone who may write an XCom can make the "
+                        "views show any video or picture under these folders: list only folders "
+                        "every user of the views may see.",
+                        "version_added": "0.3.0",
+                        "type": "string",
+                        "example": "s3://aws_media@media/klingfx/, file:///data/klingfx/",
+                        "default": "",
+                    },
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "klingfx",
@@ -116,6 +145,14 @@ def get_provider_info() -> dict[str, Any]:
                         "description": "Cap on the polls per second one triggerer (or worker) sends "
                         "with this key; empty for none (429s still slow polls down).",
                         "schema": {"type": ["number", "null"], "default": None},
+                    },
+                    "allow_private_hosts": {
+                        "label": "Allow private hosts",
+                        "description": "Let photo checks and video downloads reach loopback, "
+                        "private and link-local addresses (URLs chosen by DAG Params, XComs or the "
+                        "vendor's answer). Empty: only when the Base URL is a loopback address "
+                        "(the local emulator).",
+                        "schema": {"type": ["boolean", "null"], "default": None},
                     },
                 },
                 "ui-field-behaviour": {

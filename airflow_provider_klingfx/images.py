@@ -34,6 +34,7 @@ RULE_SIDE: Final = "side"
 RULE_ASPECT: Final = "aspect"
 RULE_UNREADABLE: Final = "unreadable"
 RULE_LOCAL: Final = "local"
+RULE_LOCATION: Final = "location"
 
 
 class KlingFxImageError(KlingFxInvalidInputError):
@@ -42,7 +43,7 @@ class KlingFxImageError(KlingFxInvalidInputError):
     :param position: 1-based position of the photo in ``image_urls``.
     :param shown: the photo as it may be shown (``scheme://host/path``, never a signature).
     :param rule: which rule it broke (``format``, ``size``, ``side``, ``aspect``, ``unreadable``,
-        ``local``).
+        ``local``, ``location``).
     :param message: what is wrong and what to do.
     """
 

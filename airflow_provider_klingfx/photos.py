@@ -35,6 +35,8 @@ from airflow_provider_klingfx.domain import (
     EffectRequest,
     KlingFxAPIError,
     KlingFxError,
+    KlingFxInvalidInputError,
+    KlingFxUnsafeUrlError,
     photo_kind,
     redact_url,
     redact_urls,
@@ -44,12 +46,21 @@ from airflow_provider_klingfx.images import (
     HEADER_BYTES,
     MAX_IMAGE_BYTES,
     RULE_LOCAL,
+    RULE_LOCATION,
     RULE_UNREADABLE,
     HeaderTooShortError,
     ImageInfo,
     KlingFxImageError,
     check_image,
     check_size,
+)
+from airflow_provider_klingfx.locations import (
+    Location,
+    LocationError,
+    find_prefix,
+    parse_location,
+    parse_prefixes,
+    resolve_local,
 )
 
 if TYPE_CHECKING:
@@ -99,6 +110,59 @@ class KlingFxPhotoAccessError(KlingFxError):
         self.shown = shown
         why = redact_urls(f"{type(cause).__name__}: {cause}"[:500])
         super().__init__(f"image {position} ({shown}) could not be read: {why}")
+
+
+def parse_allowed_locations(value: object) -> tuple[Location, ...]:
+    """The operator's ``allowed_photo_locations``: a list, or one comma-separated string (as a template
+    renders it).
+
+    :raises KlingFxInvalidInputError: an entry is unusable.
+    """
+    if value is None or value == "":
+        return ()
+    if not isinstance(value, str | list | tuple):
+        raise KlingFxInvalidInputError(
+            f"allowed_photo_locations must be a list of locations, got {type(value).__name__}"
+        )
+    try:
+        return parse_prefixes(value)
+    except LocationError as exc:
+        raise KlingFxInvalidInputError(f"allowed_photo_locations has an unusable entry: {exc}") from None
+
+
+def require_allowed(request: EffectRequest, allowed: tuple[Location, ...]) -> None:
+    """Fail at once for a photo outside ``allowed`` (nothing read, nothing requested).
+
+    Whoever may trigger a DAG chooses its Params; a photo taken from one could name any connection,
+    bucket or file the worker can read, which the vendor would then be handed a presigned URL of. A
+    photo must lie under one of the locations, with the same storage connection; a local file must
+    stay under it once its symbolic links are resolved.
+
+    :param request: the validated request.
+    :param allowed: the normalised locations (:func:`parse_allowed_locations`); empty: no limit.
+    :raises KlingFxImageError: rule ``location``, naming the photo and the locations allowed.
+    """
+    if not allowed:
+        return
+    for position, ref in enumerate(request.image_urls, start=1):
+        try:
+            location = parse_location(ref)
+            prefix = find_prefix(location, allowed)
+            if prefix is not None and location.is_local:
+                resolve_local(location, prefix)
+        except LocationError as exc:
+            why = str(exc)
+        else:
+            if prefix is not None:
+                continue
+            connection = f" (connection {location.conn_id!r})" if location.conn_id else ""
+            why = f"it is not under any of them{connection}"
+        raise KlingFxImageError(
+            position,
+            redact_url(ref),
+            RULE_LOCATION,
+            f"is not allowed by allowed_photo_locations ({', '.join(map(str, allowed))}): {why}",
+        )
 
 
 def require_sendable(request: EffectRequest, *, inline_base64: bool) -> None:
@@ -177,6 +241,8 @@ def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> 
         info = _read_checked(lambda n: hook.read_image_head(url, n), position, shown)
     except KlingFxImageError:
         raise
+    except KlingFxUnsafeUrlError as exc:
+        raise KlingFxImageError(position, shown, RULE_LOCATION, f"is not checked: {exc}") from None
     except KlingFxAPIError as exc:
         if is_transient(exc):
             raise KlingFxPhotoAccessError(position, shown, exc) from None

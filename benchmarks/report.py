@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.common import Figure, Section, fmt
 
-ORDER = ("worker", "scale", "parse", "polls", "e2e", "streaming", "polite")
+ORDER = ("worker", "scale", "parse", "polls", "e2e", "streaming", "polite", "views")
 
 
 def _version(dist: str) -> str:

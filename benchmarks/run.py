@@ -1,6 +1,6 @@
 """``make bench``: every benchmark of the provider, then benchmarks/RESULTS.md with the plots.
 
-Order (the first three within 15 minutes on 2 cores; the fourth adds about 13):
+Order (the first three within 15 minutes on 2 cores; the fourth adds about 13, the fifth about 5):
 
 1. the poll-schedule simulation (a virtual clock, a second);
 2. one real Airflow deployment: worker time (three 2-minute generations, started together) and the
@@ -8,7 +8,10 @@ Order (the first three within 15 minutes on 2 cores; the fourth adds about 13):
    and the deployment idles, the parse-cost and streaming benchmarks run (they need no Airflow);
 3. the triggerer scale benchmark (N = 100, 1,000, 5,000), alone on the machine;
 4. politeness at scale: 5,000 triggers under an API rate limit and through a 2-minute outage, shared
-   and per trigger (``--only polite`` runs it alone).
+   and per trigger (``--only polite`` runs it alone);
+5. the views on a busy deployment: a real api-server on PostgreSQL with 10,000 generations among
+   50,000 other runs, gallery response times and SQL statements per media request
+   (``--only views`` runs it alone).
 
 ``--quick`` shrinks everything for a smoke test (the figures are then not the reported ones).
 """
@@ -34,6 +37,7 @@ from benchmarks import (
     bench_polls,
     bench_streaming,
     bench_triggerer_scale,
+    bench_views,
     bench_worker_time,
     report,
 )
@@ -51,6 +55,7 @@ TITLES = {
     "e2e": "5. End-to-end latency in a real Airflow (scheduler + triggerer)",
     "streaming": "6. Streaming a 200 MB video to disk",
     "polite": "7. Polite at scale: a rate limit and an outage, shared or per trigger",
+    "views": "8. The views on a busy deployment (PostgreSQL)",
 }
 
 
@@ -107,7 +112,13 @@ def main() -> int:
     p.add_argument("--scale-top-window", type=float, default=15.0, help="the same at the largest N")
     p.add_argument("--parse-budget", type=float, default=45.0, help="seconds of parse-cost sampling")
     p.add_argument(
-        "--only", default="", help="comma-separated subset: polls,airflow,scale,polite (default: all)"
+        "--only", default="", help="comma-separated subset: polls,airflow,scale,polite,views (default: all)"
+    )
+    p.add_argument(
+        "--views-source",
+        default="",
+        help="views benchmark: serve the views from the airflow_provider_klingfx package in this directory "
+        "(e.g. an older commit's, from git archive) instead of the installed one",
     )
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     args = p.parse_args()
@@ -205,6 +216,13 @@ def main() -> int:
     if not only or "polite" in only:
         sections["polite"] = guarded(
             "polite", TITLES["polite"], lambda: bench_polite.run(str(out), quick=args.quick, log=log)
+        )
+
+    if not only or "views" in only:
+        sections["views"] = guarded(
+            "views",
+            TITLES["views"],
+            lambda: bench_views.run(str(out), quick=args.quick, source=args.views_source or None, log=log),
         )
 
     wall = time.monotonic() - started

@@ -12,6 +12,10 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
+# Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
+# read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
+PHOTO_LOCATIONS = "{{ var.value.get('klingfx_photo_locations', 'https://images.pexels.com/photos/') }}"
+
 with DAG(
     dag_id="example_klingfx_chain",
     schedule=None,
@@ -26,6 +30,7 @@ with DAG(
         task_id="generate",
         effect_scene="expansion",
         image_urls="{{ params.photo }}",
+        allowed_photo_locations=PHOTO_LOCATIONS,
     )
 
     @task

@@ -21,6 +21,13 @@ from airflow.sdk import DAG, Param
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
+# Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
+# read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
+PHOTO_LOCATIONS = (
+    "{{ var.value.get('klingfx_photo_locations', "
+    "'https://images.pexels.com/photos/, https://storage.googleapis.com/falserverless/') }}"
+)
+
 with DAG(
     dag_id="example_klingfx_hug",
     schedule=None,
@@ -50,6 +57,7 @@ with DAG(
         task_id="hug",
         effect_scene="{{ params.scene }}",
         image_urls=["{{ params.left_photo }}", "{{ params.right_photo }}"],
+        allowed_photo_locations=PHOTO_LOCATIONS,
         model="klingai/kling-video-v1.6-pro-effects",
         output_path=(
             "{% if params.output_name %}"

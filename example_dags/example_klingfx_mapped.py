@@ -12,6 +12,13 @@ from airflow.sdk import DAG, Param, task
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
+# Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
+# read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
+PHOTO_LOCATIONS = (
+    "{{ var.value.get('klingfx_photo_locations', "
+    "'https://images.pexels.com/photos/, https://storage.googleapis.com/falserverless/') }}"
+)
+
 with DAG(
     dag_id="example_klingfx_mapped",
     schedule=None,
@@ -40,6 +47,7 @@ with DAG(
         task_id="effect",
         effect_scene="{{ params.scene }}",
         poll_interval=10,
+        allowed_photo_locations=PHOTO_LOCATIONS,
     ).expand(image_urls=list_photos())
 
     @task

@@ -17,6 +17,10 @@ from airflow_provider_klingfx.operators.preview import KlingFxPreviewOperator
 
 KLINGFX_VIDEOS = Asset(name="klingfx_media_videos", uri="file:///klingfx/media-pipeline/videos")
 
+# Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
+# read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
+PHOTO_LOCATIONS = "{{ var.value.get('klingfx_photo_locations', 'https://images.pexels.com/photos/') }}"
+
 with DAG(
     dag_id="example_klingfx_media_pipeline",
     schedule=None,
@@ -37,6 +41,7 @@ with DAG(
         task_id="generate",
         effect_scene="{{ params.scene }}",
         image_urls="{{ params.photo }}",
+        allowed_photo_locations=PHOTO_LOCATIONS,
         output_path="{{ params.output_base }}/{{ ds }}/{{ ti.task_id }}.mp4",
         outlets=[KLINGFX_VIDEOS],
     )

@@ -20,6 +20,10 @@ from airflow_provider_klingfx.operators.preview import KlingFxPreviewOperator
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
+# Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
+# read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
+PHOTO_LOCATIONS = "{{ var.value.get('klingfx_photo_locations', 's3://aws_default@klingfx-photos/') }}"
+
 with DAG(
     dag_id="example_klingfx_s3_photos",
     schedule=None,
@@ -60,7 +64,9 @@ with DAG(
 
     photos = list_photos()
     generate = KlingFxEffectOperator.partial(
-        task_id="generate", effect_scene="{{ params.scene }}"
+        task_id="generate",
+        effect_scene="{{ params.scene }}",
+        allowed_photo_locations=PHOTO_LOCATIONS,
     ).expand_kwargs(photos)
 
     @task

@@ -126,6 +126,9 @@ def main() -> int:
             # Where the example DAG may save videos; the trigger only names the file.
             "AIRFLOW_VAR_KLINGFX_OUTPUT_BASE": OUT.resolve().as_uri(),
         }
+        if emulator is not None:
+            # Where the example DAG may read photos from (its default allows the vendor's sample hosts).
+            env["AIRFLOW_VAR_KLINGFX_PHOTO_LOCATIONS"] = f"{url}/samples/"
         say(f"Preparing Airflow in {HOME} (SQLite)")
         if airflow(["db", "migrate"], env, quiet=True) != 0:
             raise SystemExit("airflow db migrate failed")

@@ -61,6 +61,8 @@ class AirflowEnv:
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW_CONN_KLINGFX_DEFAULT": json.dumps(connection),
+            # The example DAGs read photos only where this Variable allows: here, the emulator's samples.
+            "AIRFLOW_VAR_KLINGFX_PHOTO_LOCATIONS": f"{connection.get('host', '')}/samples/",
             "PYTHONWARNINGS": "ignore::DeprecationWarning:starlette",
         }
         self.outputs: list[str] = []

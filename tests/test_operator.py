@@ -64,6 +64,7 @@ def test_template_fields_are_the_documented_ones():
         "duration",
         "model",
         "output_path",
+        "allowed_photo_locations",
     )
     assert operator().deferrable is True
 

@@ -211,6 +211,8 @@ def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
         )
         if request.path == "/private.png":
             return web.Response(status=403, text="AccessDenied")
+        if request.path == "/moved.png":
+            raise web.HTTPFound("/me.png")
         data = files.get(request.path)
         if data is None:
             return web.Response(status=404)
@@ -284,3 +286,72 @@ def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps, unus
             squish(f"http://127.0.0.1:{unused_tcp_port}/me.png"), make_hook(sleeps), check_urls=True
         )
     assert len(sleeps.calls) == 3  # the hook's policy: 4 attempts
+
+
+# -- what a photo URL may lead to -------------------------------------------------------------
+
+
+def test_a_photo_check_does_not_follow_a_redirect(photo_host, connection, sleeps):
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(f"{photo_host['url']}/moved.png"), make_hook(sleeps), check_urls=True)
+    assert info.value.rule == "location"
+    assert "answered HTTP 302 (a redirect), which the photo check does not follow" in str(info.value)
+    assert [s["path"] for s in photo_host["seen"]] == ["/moved.png"]  # /me.png was never asked for
+
+
+def test_a_photo_check_reaches_no_private_address_unless_the_connection_allows_it(
+    photo_host, connection, sleeps, emulator
+):
+    # The emulator is on 127.0.0.1, so a connection to it allows private hosts unless told otherwise.
+    connection(extra={"allow_private_hosts": "false"})
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish(f"{photo_host['url']}/me.png"), make_hook(sleeps), check_urls=True)
+    assert info.value.rule == "location"
+    assert "is at 127.0.0.1, a loopback, private or link-local address: not read" in str(info.value)
+    assert "allow_private_hosts" in str(info.value)
+    assert photo_host["seen"] == []  # refused once connected, before a byte of the request was sent
+    assert sleeps.calls == []  # not retried: another try would meet the same address
+    assert emulator.stats()["requests"] == []
+
+
+def test_allowed_photo_locations_refuse_another_connection_bucket_or_folder(tmp_path, connection, sleeps):
+    from airflow_provider_klingfx.photos import parse_allowed_locations, require_allowed
+
+    allowed = parse_allowed_locations("s3://aws_photos@people/inbox, file://" + str(tmp_path / "photos"))
+    require_allowed(squish("s3://aws_photos@people/inbox/a.png"), allowed)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "me.png").write_bytes(GOOD_PNG)
+    require_allowed(squish(str(tmp_path / "photos" / "me.png")), allowed)
+    (tmp_path / "secret.png").write_bytes(GOOD_PNG)
+    (tmp_path / "photos" / "link.png").symlink_to(tmp_path / "secret.png")
+    for photo, why in (
+        ("s3://aws_admin@people/inbox/a.png", "it is not under any of them (connection 'aws_admin')"),
+        ("s3://people/inbox/a.png", "it is not under any of them"),
+        ("s3://aws_photos@people/inbox-old/a.png", "it is not under any of them"),
+        ("s3://aws_photos@people/inbox/../secrets/a.png", "'.' or '..' path segments"),
+        ("s3://aws_photos@people/inbox/%2e%2e/secrets/a.png", "'.' or '..' path segments"),
+        ("https://cdn.example.com/a.png", "it is not under any of them"),
+        (str(tmp_path / "photos" / "link.png"), "leads out of"),
+        (str(tmp_path / "secret.png"), "it is not under any of them"),
+    ):
+        with pytest.raises(KlingFxImageError) as info:
+            require_allowed(squish(photo), allowed)
+        assert info.value.rule == "location", photo
+        assert "is not allowed by allowed_photo_locations (s3://aws_photos@people/inbox/, file://" in str(
+            info.value
+        )
+        assert why in str(info.value), (photo, str(info.value))
+    with pytest.raises(KlingFxInvalidInputError, match="allowed_photo_locations has an unusable entry"):
+        parse_allowed_locations(["s3://people/../x"])
+
+
+def test_a_video_download_reaches_no_private_address_unless_allowed(tmp_path, connection, emulator, sleeps):
+    from airflow_provider_klingfx.domain import Video
+    from airflow_provider_klingfx.media import KlingFxDownloadError, save_video
+
+    video = Video(url=f"{emulator.url}/files/anything.mp4")
+    connection(extra={"allow_private_hosts": "false"})
+    with pytest.raises(KlingFxDownloadError, match=r"is at 127\.0\.0\.1, a loopback, private or link-local"):
+        save_video(make_hook(sleeps), "gen-1", video, str(tmp_path / "v.mp4"))
+    assert emulator.stats()["requests"] == []
+    assert list(tmp_path.iterdir()) == []

@@ -29,6 +29,7 @@ from airflow_provider_klingfx.domain import (
     KlingFxConnectionLookupError,
     KlingFxError,
     KlingFxTimeoutError,
+    KlingFxUnsafeUrlError,
     Submission,
     redact_urls,
 )
@@ -124,6 +125,53 @@ def aiohttp_transport_kind(exc: BaseException) -> _api.TransportKind:
     return "lost"
 
 
+def _public_only_adapter() -> Any:
+    """A ``requests`` adapter whose connections refuse a peer that is not on the public internet.
+
+    The address is checked once connected, before a byte of the request is sent, so a name that
+    resolves to a private address (at first, or only by the time of the connection: DNS rebinding)
+    is refused alike, and so is each hop of a redirect. Through a proxy the proxy fetches, and its
+    own rules apply.
+    """
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def check(conn: Any) -> None:
+        if getattr(conn, "proxy", None) is not None or getattr(conn, "_tunnel_host", None) is not None:
+            return
+        peer = conn.sock.getpeername()[0] if conn.sock is not None else ""
+        if not _api.is_public_address(peer):
+            conn.close()
+            raise KlingFxUnsafeUrlError(
+                f"{conn.host} is at {peer}, a loopback, private or link-local address: not read. Set the "
+                "klingfx connection's extra allow_private_hosts to true if such hosts are meant"
+            )
+
+    class _HTTP(HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            check(self)
+
+    class _HTTPS(HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            check(self)
+
+    class _HTTPPool(HTTPConnectionPool):
+        ConnectionCls = _HTTP
+
+    class _HTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = _HTTPS
+
+    class _Adapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    return _Adapter(pool_connections=2, pool_maxsize=4, max_retries=0)
+
+
 class KlingFxHook(BaseHook):
     """Talks to the AI/ML API for the Kling v1.6 effects models.
 
@@ -175,6 +223,7 @@ class KlingFxHook(BaseHook):
         self._clock = clock
         self._settings: _api.ApiSettings | None = None
         self._session: requests.Session | None = None
+        self._fetch_session: requests.Session | None = None
         self._async_session: aiohttp.ClientSession | None = None
         self._async_proxy: tuple[str | None] | None = None  # (proxy,) once resolved
         self._sync_health_gate: _health.SyncGate | None = None
@@ -338,6 +387,21 @@ class KlingFxHook(BaseHook):
             self._session = session
         return self._session
 
+    def _fetcher(self) -> requests.Session:
+        """The session for URLs that are not the API (photos, videos): someone else chose them, so
+        it reaches only public addresses unless the connection's ``allow_private_hosts`` says so."""
+        if self.settings.allow_private_hosts:
+            return self.get_conn()
+        if self._fetch_session is None:
+            import requests
+
+            session = requests.Session()
+            adapter = _public_only_adapter()
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            self._fetch_session = session
+        return self._fetch_session
+
     def _send(
         self,
         method: _api.Method,
@@ -495,7 +559,8 @@ class KlingFxHook(BaseHook):
 
         path = urlsplit(url).path
         try:
-            with self.get_conn().get(
+            # Redirects are followed (CDNs use them); each hop's address is checked (see _fetcher).
+            with self._fetcher().get(
                 url,
                 stream=True,
                 headers={"User-Agent": _api.USER_AGENT},
@@ -538,9 +603,18 @@ class KlingFxHook(BaseHook):
 
         def attempt() -> tuple[bytes, int | None, bool]:
             try:
-                with self.get_conn().get(
-                    url, stream=True, headers=headers, timeout=(self.connect_timeout, self.read_timeout)
+                with self._fetcher().get(
+                    url,
+                    stream=True,
+                    headers=headers,
+                    timeout=(self.connect_timeout, self.read_timeout),
+                    allow_redirects=False,
                 ) as resp:
+                    if resp.is_redirect:
+                        raise KlingFxUnsafeUrlError(
+                            f"{urlsplit(url).hostname} answered HTTP {resp.status_code} (a redirect), which "
+                            "the photo check does not follow: give the URL it redirects to"
+                        )
                     if resp.status_code >= 400:
                         raise _api.error_from_response(
                             resp.status_code, b"", resp.headers, method="GET", path=path
@@ -579,10 +653,11 @@ class KlingFxHook(BaseHook):
         return True, f"Connection successful ({self.settings.base_url})"
 
     def close(self) -> None:
-        """Close the pooled sync session."""
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Close the pooled sync sessions."""
+        for session in (self._session, self._fetch_session):
+            if session is not None:
+                session.close()
+        self._session = self._fetch_session = None
 
     # -- async I/O --------------------------------------------------------------------------
 

@@ -129,19 +129,22 @@ def raise_for_event(event: dict[str, Any] | None) -> tuple[str, Video, Usage | N
     raise KlingFxError(f"unexpected trigger event status {status!r} for generation {gen_id}")
 
 
-def request_summary(request: EffectRequest) -> dict[str, Any]:
+def request_summary(request: EffectRequest, *, checked: bool = False) -> dict[str, Any]:
     """What XCom ``request`` holds: the scene, model, duration and photos of a request.
 
     Each photo as it may be shown (``scheme://host/path``), and, where the views can show a
-    thumbnail without a credential, where to read it: a storage or local path (read with the
-    api-server's own connections), or an http(s) URL that has no query.
+    thumbnail without a credential, where it is: an http(s) URL that has no query (the browser shows
+    it from there), or, once ``checked``, a storage or local path (which the api-server reads only
+    under the prefixes its admin allows).
 
     :param request: the validated request.
+    :param checked: every photo passed the checks before paying (JPEG or PNG, within Kling's limits).
     """
     photos = []
     for ref in request.image_urls:
         shown = redact_url(ref)
-        thumbnail = ref if photo_kind(ref) != PHOTO_URL or shown == ref else None
+        is_url = photo_kind(ref) == PHOTO_URL
+        thumbnail = ref if (is_url and shown == ref) or (checked and not is_url) else None
         photos.append({"shown": shown, "thumbnail": thumbnail})
     return {
         "effect_scene": request.effect_scene,
@@ -231,13 +234,27 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     :param output_path: where to save the video (``str`` or ``ObjectStoragePath``, any scheme Airflow's
         object storage supports; ``s3://<conn_id>@bucket/key`` picks a connection). Templated. When
         set, the video is streamed there after completion and XCom ``output_path`` names it.
+    :param allowed_photo_locations: where photos may come from: storage prefixes with their
+        connection (``s3://aws_photos@people/inbox/``), URL prefixes (``https://cdn.example.com/p/``)
+        or local folders (``file:///data/photos/``). A photo outside them fails the task before
+        anything is read or paid. Set it whenever photos come from a DAG-run Param: whoever may
+        trigger the DAG chooses the Param, and could otherwise name any connection and object the
+        worker can read, whose presigned URL the vendor would get. Templated (from an admin's Variable,
+        say; never from Params); a list or one comma-separated string. Default: no limit.
 
     Give the operator ``outlets=[Asset(...)]`` to announce each new video: the asset event's extra
     holds ``generation_id``, ``video_url`` and ``output_path``, so a DAG scheduled on that Asset
     finds the file in ``triggering_asset_events``.
     """
 
-    template_fields: Sequence[str] = ("effect_scene", "image_urls", "duration", "model", "output_path")
+    template_fields: Sequence[str] = (
+        "effect_scene",
+        "image_urls",
+        "duration",
+        "model",
+        "output_path",
+        "allowed_photo_locations",
+    )
     operator_extra_links = (KlingFxVideoLink(),)
     ui_color = "#f6d1ff"
 
@@ -256,6 +273,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         inline_base64_images: bool = False,
         check_image_urls: bool = False,
         presign_expires: float | timedelta = 3600,
+        allowed_photo_locations: str | Sequence[str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -271,6 +289,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         self.inline_base64_images = inline_base64_images
         self.check_image_urls = check_image_urls
         self.presign_expires = _seconds(presign_expires)
+        self.allowed_photo_locations = allowed_photo_locations
         self._generation_id: str | None = None
         #: Set when this run delivered its video (the OpenLineage output).
         self.delivered: Delivered | None = None
@@ -354,6 +373,8 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             presign_seconds=int(self.presign_expires),
             log=self.log,
         )
+        # Only photos that passed the checks are offered to the views as thumbnails.
+        context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request, checked=True))
         trace_id = self._client_request_id(context)
         self.log.info(
             "Submitting %s %s (%ss) with %d image(s); X-Client-Request-Id %s",
@@ -382,14 +403,20 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             return self._execute(context)
 
     def _execute(self, context: Context) -> str:
-        from airflow_provider_klingfx.photos import require_sendable
+        from airflow_provider_klingfx.photos import parse_allowed_locations, require_allowed, require_sendable
 
         request = EffectRequest.build(self.effect_scene, self.image_urls, self.duration, self.model)
         context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request))
+        require_allowed(request, parse_allowed_locations(self.allowed_photo_locations))
         require_sendable(request, inline_base64=self.inline_base64_images)
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
-        record = self._reattach(context, hook, request) or self._submit(context, hook, request)
+        record = self._reattach(context, hook, request)
+        if record is not None:
+            # The earlier try that paid for it checked these very photos (same fingerprint).
+            context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request, checked=True))
+        else:
+            record = self._submit(context, hook, request)
         gen_id = str(record["generation_id"])
         self._generation_id = gen_id
         with self._paid_generation(context, gen_id):

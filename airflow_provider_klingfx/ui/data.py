@@ -1,19 +1,24 @@
-"""What the views show, read from what Airflow already holds: XComs and task instances.
+"""What the views show, read from what Airflow already holds: task instances and their XComs.
 
-Every generation of :class:`~airflow_provider_klingfx.operators.klingfx.KlingFxEffectOperator`
-pushes XCom ``request`` (scene, model, duration, the photos as they may be shown) before anything
-else, then ``generation_id``, ``video``, ``usage``, ``output_path`` as it goes, and ``error`` when
-it fails; :class:`~airflow_provider_klingfx.operators.preview.KlingFxPreviewOperator` pushes
-``preview`` (the GIF and poster of a saved video). Nothing here calls the vendor or reads a
-connection: the API key never comes near the browser.
+A generation is a task instance of the provider's own operators (the task instance's ``operator``
+column), never merely a task that pushed an XCom named ``request``: any task can push XComs with
+these common names. Each generation's XComs (``request``, ``generation_id``, ``video``, ``usage``,
+``output_path``, ``error``) and the ``preview`` XComs of
+:class:`~airflow_provider_klingfx.operators.preview.KlingFxPreviewOperator` tasks of the same run are
+read in as few queries as the page needs (a gallery 2, a task instance's page or media 1 or 2), and
+every value is read defensively: an XCom is data anyone with XCom write access may have shaped.
+
+Nothing here calls the vendor or reads a connection, and nothing here reads a file: where a file may be
+read from is :mod:`airflow_provider_klingfx.ui.access`'s decision.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from airflow_provider_klingfx.domain import Usage, redact_url
 from airflow_provider_klingfx.operators.klingfx import (
     XCOM_ERROR,
     XCOM_GENERATION_ID,
@@ -21,18 +26,34 @@ from airflow_provider_klingfx.operators.klingfx import (
     XCOM_REQUEST,
     XCOM_USAGE,
     XCOM_VIDEO,
+    KlingFxEffectOperator,
 )
-from airflow_provider_klingfx.operators.preview import XCOM_PREVIEW
+from airflow_provider_klingfx.operators.preview import XCOM_PREVIEW, KlingFxPreviewOperator
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 #: The XComs a generation is made of.
-GENERATION_KEYS = (XCOM_REQUEST, XCOM_GENERATION_ID, XCOM_VIDEO, XCOM_USAGE, XCOM_OUTPUT_PATH, XCOM_ERROR)
-#: How many of the most recent runs a gallery looks at, at most.
-RECENT_RUNS = 25
+GENERATION_KEYS: Final = (
+    XCOM_REQUEST,
+    XCOM_GENERATION_ID,
+    XCOM_VIDEO,
+    XCOM_USAGE,
+    XCOM_OUTPUT_PATH,
+    XCOM_ERROR,
+)
+#: The operators whose task instances are generations (``task_instance.operator``: the class name).
+GENERATION_OPERATORS: Final = (KlingFxEffectOperator.__name__,)
+#: The operators whose ``preview`` XCom names a generation's GIF and poster.
+PREVIEW_OPERATORS: Final = (KlingFxPreviewOperator.__name__,)
+#: How many of the newest runs with generations a gallery shows, at most.
+RECENT_RUNS: Final = 25
 #: How many generations a gallery shows, at most.
-MAX_TILES = 300
+MAX_TILES: Final = 300
+
+
+def _text(value: Any, limit: int = 2000) -> str | None:
+    return value[:limit] if isinstance(value, str) and value else None
 
 
 @dataclass
@@ -44,7 +65,7 @@ class GenerationView:
     :param task_id: its task.
     :param map_index: its map index (-1 unmapped).
     :param state: the task instance's state (``success``, ``failed``, ``deferred``, ...).
-    :param xcoms: its XComs among :data:`GENERATION_KEYS`.
+    :param xcoms: its XComs among :data:`GENERATION_KEYS`, as stored (untrusted).
     :param start_date: when the task instance started.
     :param end_date: when it ended.
     :param duration: how long it ran, in seconds.
@@ -69,74 +90,171 @@ class GenerationView:
 
     @property
     def scene(self) -> str:
-        return str(self.request.get("effect_scene") or "")
+        return _text(self.request.get("effect_scene"), 100) or ""
+
+    @property
+    def model(self) -> str | None:
+        return _text(self.request.get("model"), 200)
+
+    @property
+    def seconds(self) -> int | None:
+        value = self.request.get("duration")
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def generation_id(self) -> str | None:
+        return _text(self.xcoms.get(XCOM_GENERATION_ID), 300)
 
     @property
     def video_url(self) -> str | None:
+        """The vendor's URL of the video: http(s) only (anything else is not a video to play)."""
         video = self.xcoms.get(XCOM_VIDEO)
-        url = video.get("url") if isinstance(video, dict) else None
-        return url if isinstance(url, str) and url else None
+        url = _text(video.get("url") if isinstance(video, dict) else None)
+        return url if url and url.lower().startswith(("https://", "http://")) else None
 
     @property
     def output_path(self) -> str | None:
-        value = self.xcoms.get(XCOM_OUTPUT_PATH)
-        return value if isinstance(value, str) and value else None
+        return _text(self.xcoms.get(XCOM_OUTPUT_PATH))
 
     @property
     def error(self) -> str | None:
         """Why it failed: the vendor's reason for a generation the vendor failed, else the error."""
         value = self.xcoms.get(XCOM_ERROR)
         if isinstance(value, dict):
-            return str(value.get("reason") or value.get("message") or value.get("type") or "")
+            return _text(value.get("reason")) or _text(value.get("message")) or _text(value.get("type"))
         return None
 
     @property
-    def usage(self) -> dict[str, Any]:
-        value = self.xcoms.get(XCOM_USAGE)
-        return value if isinstance(value, dict) else {}
+    def usage(self) -> Usage | None:
+        return Usage.from_dict(self.xcoms.get(XCOM_USAGE))
+
+    @property
+    def photos(self) -> list[dict[str, Any]]:
+        """Each photo as ``{"shown": scheme://host/path, "thumbnail": where it was read, or None}``."""
+        photos = self.request.get("photos")
+        out = []
+        for photo in photos[:2] if isinstance(photos, list) else []:
+            if isinstance(photo, dict):
+                shown = _text(photo.get("shown"))
+                out.append(
+                    {"shown": redact_url(shown) if shown else "", "thumbnail": _text(photo.get("thumbnail"))}
+                )
+        return out
+
+    @property
+    def gif_path(self) -> str | None:
+        return _text((self.preview or {}).get("gif_path"))
+
+    @property
+    def poster_path(self) -> str | None:
+        return _text((self.preview or {}).get("poster_path"))
 
     @property
     def has_video(self) -> bool:
         return self.video_url is not None or self.output_path is not None
 
-    @property
-    def key(self) -> tuple[str, str, str, int]:
-        return (self.dag_id, self.run_id, self.task_id, self.map_index)
 
-
-def _xcom_rows(session: Session, conditions: list[Any], keys: tuple[str, ...]) -> list[Any]:
-    from airflow.models.xcom import XComModel
-    from sqlalchemy import select
-
-    stmt: Any = select(
-        XComModel.dag_id,
-        XComModel.run_id,
-        XComModel.task_id,
-        XComModel.map_index,
-        XComModel.key,
-        XComModel.value,
-    ).where(XComModel.key.in_(keys), *conditions)
-    return list(session.execute(stmt))
-
-
-def _value(row: Any) -> Any:
+def _xcom_value(raw: Any) -> Any:
     from airflow.models.xcom import XComModel
 
     try:
-        return XComModel.deserialize_value(row)
+        return XComModel.deserialize_value(_Row(raw))
     except Exception:
-        return None  # a value a custom XCom backend keeps elsewhere: shown as missing
+        return None  # a value a custom XCom backend keeps elsewhere, or garbage: shown as missing
 
 
-def generation_dag_ids(session: Session, dag_ids: set[str]) -> list[str]:
-    """Which of ``dag_ids`` have generations at all (the gallery's DAG choices), sorted."""
-    from airflow.models.xcom import XComModel
-    from sqlalchemy import select
+@dataclass
+class _Row:
+    value: Any
 
-    if not dag_ids:
-        return []
-    stmt: Any = select(XComModel.dag_id).where(XComModel.key == XCOM_REQUEST, XComModel.dag_id.in_(dag_ids))
-    return sorted(set(session.scalars(stmt.distinct())))
+
+def _state(value: Any) -> str | None:
+    return None if value is None else str(getattr(value, "value", value))
+
+
+def _query(run_filter: Any, generation_filter: Any) -> Any:
+    """The XComs of generation task instances that pass ``generation_filter``, and the ``preview``
+    XComs of preview task instances, in the runs ``run_filter`` selects, with the task instances'
+    fields: one statement, along the XCom table's primary key (it starts with the run's id)."""
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.models.xcom import XComModel as X
+    from sqlalchemy import and_, or_, select
+
+    same_task_instance = and_(
+        TI.dag_id == X.dag_id, TI.run_id == X.run_id, TI.task_id == X.task_id, TI.map_index == X.map_index
+    )
+    return (
+        select(
+            X.dag_id,
+            X.run_id,
+            X.task_id,
+            X.map_index,
+            X.key,
+            X.value,
+            TI.state,
+            TI.start_date,
+            TI.end_date,
+            TI.duration,
+        )
+        .join(TI, same_task_instance)
+        .where(
+            run_filter,
+            or_(
+                and_(X.key.in_(GENERATION_KEYS), TI.operator.in_(GENERATION_OPERATORS), generation_filter),
+                and_(X.key == XCOM_PREVIEW, TI.operator.in_(PREVIEW_OPERATORS)),
+            ),
+        )
+        .order_by(X.dag_run_id.desc(), X.task_id, X.map_index)
+    )
+
+
+def _views(session: Session, stmt: Any) -> list[GenerationView]:
+    """The generations the rows of :func:`_query` make, each with its preview, in the rows' order.
+
+    A task instance that pushed no ``request`` is not shown (a skipped or not yet started one).
+    """
+    views: dict[tuple[str, str, str, int], GenerationView] = {}
+    previews: dict[str, dict[str, Any]] = {}
+    for row in session.execute(stmt):
+        value = _xcom_value(row.value)
+        if row.key == XCOM_PREVIEW:
+            if isinstance(value, dict) and isinstance(value.get("video_path"), str):
+                previews[value["video_path"]] = value
+            continue
+        key = (row.dag_id, row.run_id, row.task_id, row.map_index)
+        if key not in views:
+            views[key] = GenerationView(
+                *key,
+                state=_state(row.state),
+                start_date=row.start_date,
+                end_date=row.end_date,
+                duration=row.duration,
+            )
+        views[key].xcoms[row.key] = value
+    shown = [v for v in views.values() if XCOM_REQUEST in v.xcoms]
+    for view in shown:
+        view.preview = previews.get(view.output_path) if view.output_path else None
+    return shown
+
+
+def load_generation(
+    session: Session, dag_id: str, run_id: str, task_id: str, map_index: int
+) -> GenerationView | None:
+    """One task instance's generation, with its preview (one query), or None if it is not one.
+
+    :param session: a metadata DB session.
+    :param dag_id: the DAG (the caller has checked the user may read its XComs).
+    :param run_id: the run.
+    :param task_id: the task.
+    :param map_index: the map index (-1 unmapped).
+    """
+    from airflow.models.dagrun import DagRun
+    from airflow.models.xcom import XComModel as X
+    from sqlalchemy import and_, select
+
+    run = select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id).scalar_subquery()
+    stmt = _query(X.dag_run_id == run, and_(X.task_id == task_id, X.map_index == map_index))
+    return next(iter(_views(session, stmt)), None)
 
 
 def load_generations(
@@ -144,82 +262,41 @@ def load_generations(
     dag_ids: set[str],
     *,
     run_id: str | None = None,
-    task_id: str | None = None,
-    map_index: int | None = None,
     recent_runs: int = RECENT_RUNS,
 ) -> list[GenerationView]:
-    """The generations of the given DAGs' most recent runs (or of one run), newest first.
+    """The generations of the newest runs *that have generations* of the given DAGs, newest first.
+
+    Two queries, whatever else the deployment runs: the newest runs holding a ``request`` XCom of a
+    generation task instance (newest first along the XCom table's primary key), then their
+    generations and previews (:func:`_query`).
 
     :param session: a metadata DB session.
-    :param dag_ids: the DAGs to look in: only those the user may read.
+    :param dag_ids: the DAGs to look in: only those whose XComs the user may read.
     :param run_id: only this run.
-    :param task_id: only this task (with ``run_id``: one task instance's view).
-    :param map_index: only this map index.
-    :param recent_runs: how many of the most recent runs (across ``dag_ids``) to look at.
+    :param recent_runs: how many runs with generations (across ``dag_ids``) to show.
     """
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.xcom import XComModel
-    from sqlalchemy import select, tuple_
+    from airflow.models.taskinstance import TaskInstance as TI
+    from airflow.models.xcom import XComModel as X
+    from sqlalchemy import select, true
 
     if not dag_ids:
         return []
-    runs_stmt: Any = select(DagRun.dag_id, DagRun.run_id).where(DagRun.dag_id.in_(dag_ids))
+    is_generation = (
+        select(TI.id)
+        .where(
+            TI.dag_id == X.dag_id,
+            TI.run_id == X.run_id,
+            TI.task_id == X.task_id,
+            TI.map_index == X.map_index,
+            TI.operator.in_(GENERATION_OPERATORS),
+        )
+        .exists()
+    )
+    runs_stmt: Any = select(X.dag_run_id).where(X.key == XCOM_REQUEST, X.dag_id.in_(dag_ids), is_generation)
     if run_id is not None:
-        runs_stmt = runs_stmt.where(DagRun.run_id == run_id)
-    runs = [
-        (r.dag_id, r.run_id) for r in session.execute(runs_stmt.order_by(DagRun.id.desc()).limit(recent_runs))
-    ]
+        runs_stmt = runs_stmt.where(X.run_id == run_id)
+    runs_stmt = runs_stmt.group_by(X.dag_run_id).order_by(X.dag_run_id.desc()).limit(recent_runs)
+    runs = list(session.scalars(runs_stmt))
     if not runs:
         return []
-    in_runs = tuple_(XComModel.dag_id, XComModel.run_id).in_(runs)
-    conditions: list[Any] = [in_runs]
-    if task_id is not None:
-        conditions.append(XComModel.task_id == task_id)
-    if map_index is not None:
-        conditions.append(XComModel.map_index == map_index)
-
-    views: dict[tuple[str, str, str, int], GenerationView] = {}
-    for row in _xcom_rows(session, conditions, GENERATION_KEYS):
-        key = (row.dag_id, row.run_id, row.task_id, row.map_index)
-        view = views.setdefault(key, GenerationView(*key, state=None))
-        view.xcoms[row.key] = _value(row)
-    # A task instance that pushed no ``request`` is not a generation (another task's XComs).
-    views = {k: v for k, v in views.items() if XCOM_REQUEST in v.xcoms}
-    if not views:
-        return []
-
-    ti_stmt = select(
-        TaskInstance.dag_id,
-        TaskInstance.run_id,
-        TaskInstance.task_id,
-        TaskInstance.map_index,
-        TaskInstance.state,
-        TaskInstance.start_date,
-        TaskInstance.end_date,
-        TaskInstance.duration,
-    ).where(
-        tuple_(TaskInstance.dag_id, TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index).in_(
-            list(views)
-        )
-    )
-    for ti in session.execute(ti_stmt):
-        found = views.get((ti.dag_id, ti.run_id, ti.task_id, ti.map_index))
-        if found is not None:
-            found.state = None if ti.state is None else str(getattr(ti.state, "value", ti.state))
-            found.start_date, found.end_date, found.duration = ti.start_date, ti.end_date, ti.duration
-
-    # Previews of the saved videos, made by any task of the same runs.
-    previews: dict[str, dict[str, Any]] = {}
-    for row in _xcom_rows(session, [in_runs], (XCOM_PREVIEW,)):
-        value = _value(row)
-        if isinstance(value, dict) and isinstance(value.get("video_path"), str):
-            previews[value["video_path"]] = value
-    for view in views.values():
-        if view.output_path:
-            view.preview = previews.get(view.output_path)
-
-    order = {run: i for i, run in enumerate(runs)}
-    return sorted(views.values(), key=lambda v: (order.get((v.dag_id, v.run_id), 0), v.task_id, v.map_index))[
-        :MAX_TILES
-    ]
+    return _views(session, _query(X.dag_run_id.in_(runs), true()))[:MAX_TILES]

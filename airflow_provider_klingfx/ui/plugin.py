@@ -7,9 +7,13 @@
   scene and state, failed generations with their reason.
 
 Registered through the ``airflow.plugins`` entry point of this package, so installing the provider
-installs the views. Every Airflow process loads plugins, workers included, so this module stays
-light: the web app (FastAPI, SQLAlchemy queries) is imported only when the api-server first
-serves a request under ``/klingfx``.
+installs the views; ``[klingfx] views_enabled = False`` leaves them out without uninstalling anything,
+and ``[klingfx] views_read_prefixes`` lists where the api-server may read saved videos, previews and
+photos (nowhere by default: see :mod:`airflow_provider_klingfx.ui.access`).
+
+Every Airflow process loads plugins, workers included, so this module stays light: the web app
+(FastAPI, SQLAlchemy queries) is imported only when the api-server first serves a request under
+``/klingfx``.
 """
 
 from __future__ import annotations
@@ -53,11 +57,20 @@ def _base_path() -> str:
 _PREFIX = _base_path() + URL_PREFIX
 
 
+def _enabled() -> bool:
+    from airflow_provider_klingfx.ui.access import views_enabled
+
+    return views_enabled()
+
+
+_ENABLED = _enabled()
+
+
 class KlingFxViewsPlugin(AirflowPlugin):
-    """The task-instance tab and the galleries of generated videos."""
+    """The task-instance tab and the galleries of generated videos (none when ``views_enabled`` is off)."""
 
     name = "klingfx_views"
-    fastapi_apps = [{"name": "Kling videos", "app": _LazyApp(), "url_prefix": URL_PREFIX}]
+    fastapi_apps = [{"name": "Kling videos", "app": _LazyApp(), "url_prefix": URL_PREFIX}] if _ENABLED else []
     external_views = [
         {
             "name": "Kling video",
@@ -81,3 +94,5 @@ class KlingFxViewsPlugin(AirflowPlugin):
             "url_route": "klingfx-gallery-all",
         },
     ]
+    if not _ENABLED:
+        external_views = []

@@ -61,7 +61,7 @@ def test_s3_photos_reach_the_api_presigned_and_become_videos_and_previews(airflo
     result = airflow.dags_test(
         "example_klingfx_s3_photos",
         {"photos": "s3://aws_moto@people/in", "videos": "s3://aws_moto@videos/s3-photos", "scene": "squish"},
-        env=s3["env"],
+        env={**s3["env"], "AIRFLOW_VAR_KLINGFX_PHOTO_LOCATIONS": "s3://aws_moto@people/in/"},
     )
     assert result.returncode == 0 and result.state == "success", result.output[-6000:]
 

@@ -1,7 +1,8 @@
 """Test-only auth manager: Airflow's SimpleAuthManager, plus a list of readable DAGs per user.
 
 ``KLINGFX_TEST_DAG_ACL="alice:dag_a|dag_c;bob:dag_b"``: alice may read only ``dag_a`` and
-``dag_c``, bob only ``dag_b``; users not listed keep SimpleAuthManager's role-based rights. This is
+``dag_c``, bob only ``dag_b``; users not listed keep SimpleAuthManager's role-based rights.
+``KLINGFX_TEST_NO_XCOM="carol"``: carol may read DAGs but none of their XComs. This is
 the per-DAG access control a real deployment gets from FAB or Keycloak, in a few lines, so the
 tests can check the views never show a user a DAG the auth manager hides from them.
 
@@ -17,6 +18,8 @@ from typing import Any
 from airflow.api_fastapi.auth.managers.simple.simple_auth_manager import SimpleAuthManager
 
 ACL_ENV = "KLINGFX_TEST_DAG_ACL"
+#: ``KLINGFX_TEST_NO_XCOM="carol"``: users who may read DAGs but not their XComs.
+NO_XCOM_ENV = "KLINGFX_TEST_NO_XCOM"
 
 
 def dag_acl() -> dict[str, set[str]]:
@@ -39,6 +42,11 @@ class DagAclSimpleAuthManager(SimpleAuthManager):
         access_entity: Any = None,
         details: Any = None,
     ) -> bool:
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+
+        no_xcom = set(filter(None, os.environ.get(NO_XCOM_ENV, "").split(",")))
+        if access_entity == DagAccessEntity.XCOM and user.get_name() in no_xcom:
+            return False
         allowed = dag_acl().get(user.get_name())
         # No DAG id means "DAGs in general" (the list endpoints, which then filter through
         # get_authorized_dag_ids): allowed, as FAB allows a role with access to some DAG.

@@ -12,7 +12,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.conftest import API_KEY
-from tests.ui.conftest import FACE_ERROR, PRIVATE_DAG, PUBLIC_DAG, SCENES, UiDeployment
+from tests.ui.conftest import ATTACK_DAG, FACE_ERROR, PRIVATE_DAG, PUBLIC_DAG, SCENES, UiDeployment
 
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("ui")]
 
@@ -87,7 +87,12 @@ def test_bob_lists_only_the_private_dag(ui):
 
 
 def test_admin_lists_both_dags(ui):
-    assert keys(generations(ui, "admin")) == expected_keys(ui, PUBLIC_DAG) | expected_keys(ui, PRIVATE_DAG)
+    # And the two generations of the DAG tests/ui/test_views_trust.py attacks the views with.
+    attacks = {(ATTACK_DAG, ui.run_id(ATTACK_DAG), task, -1) for task in ("local_photo", "victim")}
+    assert (
+        keys(generations(ui, "admin"))
+        == expected_keys(ui, PUBLIC_DAG) | expected_keys(ui, PRIVATE_DAG) | attacks
+    )
     assert keys(generations(ui, "admin", dag_id=PRIVATE_DAG)) == expected_keys(ui, PRIVATE_DAG)
 
 
@@ -99,9 +104,9 @@ def test_galleries_show_no_tile_of_an_unreadable_dag(ui):
             assert f"/klingfx/ti/{hidden}/" not in resp.text
             assert ui.run_id(hidden) not in resp.text
             assert quote(ui.run_id(hidden), safe="") not in resp.text
-            assert f"value='{hidden}'" not in resp.text  # not offered, not echoed back
+            assert f'value="{hidden}"' not in resp.text  # not offered, not echoed back
     page = ui.get("/klingfx/gallery", "bob").text
-    assert page.count("class=tile") == 3
+    assert page.count('class="tile"') == 3
     assert f"/klingfx/ti/{PRIVATE_DAG}/" in page
 
 
@@ -175,10 +180,12 @@ def test_preview_gif_and_poster_of_map_index_0_only(ui):
     # No preview of map index 1; no video at all for the failed hug.
     assert ui.get(ui.ti_path("media", PUBLIC_DAG, 1, "/gif"), "alice").status_code == 404
     assert ui.get(ui.ti_path("media", PUBLIC_DAG, 2, "/video"), "alice").status_code == 404
-    # The photos were http URLs without a query: the thumbnail is the photo itself.
+    # The photos were http URLs without a query: the page shows them from there, and the api-server
+    # neither reads them nor redirects to them (no open redirect to a URL an XCom names).
     photo = ui.get(ui.ti_path("media", PUBLIC_DAG, 0, "/photo/0"), "alice")
-    assert photo.status_code == 307
-    assert photo.headers["location"].endswith("/samples/person-1.png")
+    assert photo.status_code == 404
+    page = ui.get(ui.ti_path("ti", PUBLIC_DAG, 0), "alice").text
+    assert '<img src="http://127.0.0.1:' in page and '/samples/person-1.png" alt="photo 1"' in page
 
 
 def test_task_tab_pages(ui):
@@ -186,7 +193,7 @@ def test_task_tab_pages(ui):
     page = ui.get(ui.ti_path("ti", PUBLIC_DAG, 0), "alice")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
-    assert "<video id=klingfx-video" in html
+    assert '<video id="klingfx-video"' in html
     assert ui.ti_path("media", PUBLIC_DAG, 0, "/video") in html
     request = run.xcom("generate", "request", 0)
     usage = run.xcom("generate", "usage", 0)
@@ -198,7 +205,7 @@ def test_task_tab_pages(ui):
     ):
         assert shown in html
     failed = ui.get(ui.ti_path("ti", PUBLIC_DAG, 2), "alice").text
-    assert FACE_ERROR in failed and "id=klingfx-error" in failed and "<video" not in failed
+    assert FACE_ERROR in failed and 'id="klingfx-error"' in failed and "<video" not in failed
     # A task that is not a generation, unmapped: Airflow leaves {MAP_INDEX} in the URL as it is.
     unmapped = f"/klingfx/ti/{PUBLIC_DAG}/{quote(run.run_id or '', safe='')}/preview/%7BMAP_INDEX%7D"
     other = ui.get(unmapped, "alice")

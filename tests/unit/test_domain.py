@@ -299,3 +299,17 @@ def test_only_a_request_of_urls_can_be_sent_but_any_can_be_fingerprinted():
     assert len(request.fingerprint()) == 32
     with pytest.raises(KlingFxInvalidInputError, match=r"image 1 \(s3://bucket/left.jpg\) is not a URL"):
         request.to_body()
+
+
+@pytest.mark.parametrize(
+    "url", ["javascript:alert(1)", "file:///etc/passwd", "data:text/html,<script>x</script>", "//cdn/x.mp4"]
+)
+def test_a_video_url_that_is_not_http_is_no_video(url):
+    # The URL lands in XCom, the extra link's button and the views: a vendor answer must not make it
+    # anything a browser or a worker would treat as other than a download.
+    with pytest.raises(KlingFxMalformedResponseError, match=r"is completed but has no video\.url"):
+        Generation.from_api({"id": "g1", "status": "completed", "video": {"url": url}})
+    with pytest.raises(KlingFxMalformedResponseError, match=r"is completed but has no video\.url"):
+        Generation.from_api({"id": "g1", "status": "completed", "video": url})
+    pending = Generation.from_api({"id": "g1", "status": "generating", "video": {"url": url}})
+    assert pending.video is None and pending.is_pending
