@@ -1,26 +1,49 @@
 """One view of the API's health per process (per event loop), shared by every poll it sends.
 
-A triggerer polls thousands of generations with one API key. Left to themselves, its triggers each
-learn alone that the API rate-limits the key or is down, and each backs off alone: at 5,000
-generations that is thousands of 429s or failing requests, and as many log lines, for one fact, then
-a thundering herd when the API comes back. Here every poll of one event loop to one API (base URL and
-key) asks one :class:`AsyncGate` before it is sent and tells it how the request went:
+A triggerer polls thousands of generations with one key. Left alone, each trigger learns on its own
+that the API rate-limits the key or is down: thousands of 429s, failures and log lines for one fact,
+then a thundering herd when the API comes back. Here every poll (GET; a create is sent once, under
+the retry policy) of one event loop to one API (base URL and key) asks one gate before it is sent and
+tells it how the request went. :class:`ApiHealth` is the gate's state machine (no I/O, an injected
+clock); :class:`AsyncGate` queues a triggerer loop's polls and releases them as it allows;
+:class:`SyncGate` does it for the one generation a worker or a sensor follows.
 
-* **rate**: a 429 lowers the loop's poll rate for every trigger (multiplicative decrease of what the
-  API accepted in the last second), ``Retry-After`` pauses every poll, and the rate then grows back
-  by a constant step per second (additive increase, as TCP does) until the API is no longer saturated;
-  the connection extra ``max_polls_per_second`` caps it outright;
-* **outage**: after :data:`OUTAGE_AFTER` connection failures or 5xx in a row (across triggers), polls
-  are held and only one at a time goes out, as a probe, with a capped, jittered back-off between
-  probes; when a probe gets an answer, the held polls resume spread over their poll interval;
-* **logs**: one warning when throttling or an outage starts and one when it ends, with counts, in the
-  process log (not one per trigger per poll: failures the gate has reported are logged at DEBUG by the
-  poll that met them).
+**States**, and what each lets through:
 
-The decisions live in :class:`ApiHealth`, which does no I/O and reads an injected clock; the worker's
-wait and the sensor (one generation each) use it through :class:`SyncGate`, the triggerer through
-:class:`AsyncGate`. Only polls (fetches) go through a gate: a create is sent once, under the retry
-policy's own rules. Waiting at the gate never outlasts the poll's deadline.
+* ``healthy``: every poll at once (paced at ``max_polls_per_second``, the connection's cap, if set).
+* ``throttled``: polls paced at the learned ``rate``: sends are at least ``1/rate`` s apart and a
+  late loop never catches up on missed slots, so a 1-second window holds at most ``rate + 1``;
+  nothing before ``paused_until`` (``Retry-After``).
+* ``outage``: polls held; one probe at a time, never inside a pause nor faster than the rate.
+* ``recovery``: the polls waiting at the gate go out at ``rate``, in order, never at once.
+
+**Events**: send; answer (any HTTP answer but 429 and 5xx); 429, with or without ``Retry-After``;
+failure (connection failure, 5xx); cancel (a waiting or sent poll's trigger went away); deadline.
+
+**Transitions**:
+
+* 429, any state: ``throttled``. Entering it, or if the 429 answers a request sent after the last
+  cut (counted off the requests in flight at the cut), outside a pause and ``DECREASE_HOLD`` after
+  the last cut: the rate is cut to ``RATE_DECREASE`` of what the API accepted in the last second
+  (if nothing: of what went out, or of the waiting polls' pace; at least ``MIN_RATE``).
+  ``Retry-After: r`` pauses every poll until *now + min(r, MAX_PAUSE)*.
+* time, in ``throttled`` and ``recovery``: the rate grows by ``RATE_INCREASE_SHARE`` of the rate cut
+  from per second (additive increase), from the end of the hold and of the pause, up to the cap.
+* ``throttled`` to ``recovery``: no 429 for ``THROTTLE_QUIET`` s counted from the pause's end, and
+  the polls sent meanwhile used under 80 % of the rate's slots (at least 6: no luck at low rates).
+* ``recovery`` to ``healthy``: no poll is waiting.
+* ``OUTAGE_AFTER`` failures in a row (any trigger's), outside ``outage``: ``outage``. In it a failed
+  probe sets the next a capped, jittered back-off later, a cancelled one lets the next poll probe,
+  and failures of polls sent before it began are ignored.
+* answer in ``outage``: ``throttled`` again if it was (same rate, quiet time restarts), else
+  ``recovery`` at the waiting polls' own pace (each one poll per ``spread``, its poll interval, at
+  least :data:`MIN_SPREAD`), else ``healthy``. 429 in ``outage``: ``throttled``, as above.
+* deadline: a poll still waiting fails with :class:`KlingFxApiUnavailableError`, never sent later.
+  cancel: a waiting poll leaves the queue; a sent probe frees its slot.
+
+**Log lines**: one warning on entering and one on leaving ``throttled`` and ``outage``, with counts,
+in the process log (an empty contextvars context); a poll that meets a failure the gate announced
+logs it at DEBUG (:func:`was_reported`).
 """
 
 from __future__ import annotations
@@ -44,6 +67,7 @@ from airflow_provider_klingfx.domain import KlingFxAPIError, KlingFxTransportErr
 log = logging.getLogger(__name__)
 
 Role = Literal["poll", "probe"]
+State = Literal["healthy", "throttled", "outage", "recovery"]
 
 #: Connection failures or 5xx in a row (any trigger's) that mean the API is down.
 OUTAGE_AFTER: Final = 5
@@ -61,10 +85,13 @@ RATE_INCREASE_SHARE: Final = 0.02
 DECREASE_HOLD: Final = 1.0
 #: Lowest poll rate throttling goes down to (polls per second).
 MIN_RATE: Final = 0.2
-#: Throttling ends after this many seconds without a 429 while the polls no longer use the full rate.
+#: Throttling ends after this many seconds without a 429 (after the pause) while the polls no longer
+#: use the full rate.
 THROTTLE_QUIET: Final = 30.0
 #: Longest ``Retry-After`` pause honoured for everyone, in seconds.
 MAX_PAUSE: Final = 120.0
+#: A waiting poll counts as one poll per this many seconds at least in the pace after an outage.
+MIN_SPREAD: Final = 1.0
 
 
 def _format_duration(seconds: float) -> str:
@@ -79,11 +106,11 @@ def key_fingerprint(api_key: str) -> str:
 
 @dataclass
 class ApiHealth:
-    """What the polls of one process have learned about one API (base URL and key); no I/O.
+    """The gate's state machine (the module docstring) for one API and key; no I/O.
 
-    Callers ask :meth:`ready_at` before sending, call :meth:`sent` when they send, and report the
-    outcome with :meth:`answered` (any HTTP answer), :meth:`throttled` (429) or :meth:`failed`
-    (connection failure, 5xx). State changes are announced through ``emit``.
+    Ask :meth:`ready_at` before sending, call :meth:`sent` when sending, then one of :meth:`answered`,
+    :meth:`throttled` (429), :meth:`failed` (connection failure, 5xx) or :meth:`abandoned`. A queue
+    counts its waiting polls with :meth:`hold` and :meth:`unhold`.
 
     :param name: how the API is named in log lines (its base URL).
     :param emit: called with ``(logging level, message)`` on each state change.
@@ -95,15 +122,22 @@ class ApiHealth:
     emit: Callable[[int, str], None]
     max_rate: float | None = None
     random: Callable[[], float] = random.random
-    rate: float | None = field(init=False, default=None)
+    state: State = field(init=False, default="healthy")
+    rate: float | None = field(init=False, default=None)  # polls per second; None: no limit
     next_slot: float = field(init=False, default=0.0)
     paused_until: float = field(init=False, default=0.0)
-    # throttling
+    waiting: int = field(init=False, default=0)  # polls queued now ...
+    waiting_pace: float = field(init=False, default=0.0)  # ... and the sum of their 1 / spread
+    in_flight: int = field(init=False, default=0)  # sent, outcome not reported yet
+    owed: int = field(init=False, default=0)  # outcomes still due from requests sent before the cut
+    # throttling (and growth in recovery); the window counts sends since the quiet time began
     throttled_since: float | None = field(init=False, default=None)
-    last_429: float = field(init=False, default=-math.inf)
     decrease_hold_until: float = field(init=False, default=-math.inf)
     increase_per_second: float = field(init=False, default=0.0)
-    last_growth: float = field(init=False, default=0.0)
+    grow_from: float = field(init=False, default=0.0)
+    quiet_since: float = field(init=False, default=0.0)
+    window_rate: float = field(init=False, default=0.0)
+    window_sent: int = field(init=False, default=0)
     episode_sent: int = field(init=False, default=0)
     episode_429s: int = field(init=False, default=0)
     # outage
@@ -112,7 +146,6 @@ class ApiHealth:
     probe_in_flight: bool = field(init=False, default=False)
     probe_failures: int = field(init=False, default=0)
     next_probe_at: float = field(init=False, default=0.0)
-    held: int = field(init=False, default=0)
     last_failure: str = field(init=False, default="")
     # what went out, and what the API accepted, in the last second
     _sent_times: deque[float] = field(init=False, default_factory=deque)
@@ -121,100 +154,94 @@ class ApiHealth:
     def __post_init__(self) -> None:
         self.rate = self.max_rate
 
-    # -- state -------------------------------------------------------------------------------
-
     @property
     def in_outage(self) -> bool:
         """True while polls are held and only probes go out."""
-        return self.outage_since is not None
+        return self.state == "outage"
 
     @property
     def troubled(self) -> bool:
         """True while an outage or throttling is on (and has been announced)."""
-        return self.outage_since is not None or self.throttled_since is not None
+        return self.state == "outage" or self.throttled_since is not None
 
     def ready_at(self, now: float) -> tuple[float, Role]:
-        """When the next request may be sent, and as what.
+        """``(when, as what)`` the next request may be sent; ``math.inf``: when the probe answers.
 
         :param now: current epoch seconds.
-        :returns: ``(time, role)``; ``time <= now`` means at once, ``math.inf`` means "after the
-            probe in flight answers".
         """
-        if self.outage_since is not None:
-            return (math.inf if self.probe_in_flight else self.next_probe_at), "probe"
-        self._grow(now)
-        at = max(now, self.paused_until)
-        if self.rate is not None:
-            at = max(at, self.next_slot)
-        return at, "poll"
+        if self.state == "outage":
+            return (math.inf if self.probe_in_flight else self._slot(max(now, self.next_probe_at))), "probe"
+        self._advance(now)
+        return self._slot(now), "poll"
 
     def sent(self, now: float, role: Role) -> None:
         """A request goes out now."""
-        if role == "probe":
-            self.probe_in_flight = True
+        self.in_flight += 1
+        self.probe_in_flight = self.probe_in_flight or role == "probe"
         if self.rate is not None:
             self.next_slot = max(now, self.next_slot) + 1.0 / self.rate
         _count(self._sent_times, now)
-        if self.throttled_since is not None:
-            self.episode_sent += 1
+        self.episode_sent += 1
+        self.window_sent += now >= self.quiet_since
 
-    # -- outcomes ----------------------------------------------------------------------------
+    def hold(self, spread: float) -> None:
+        """A poll starts waiting in a queue; ``spread`` is its poll interval."""
+        self.waiting += 1
+        self.waiting_pace += 1.0 / max(spread, MIN_SPREAD)
+
+    def unhold(self, spread: float) -> None:
+        """A waiting poll was released, failed at its deadline or was cancelled."""
+        self.waiting -= 1
+        self.waiting_pace = self.waiting_pace - 1.0 / max(spread, MIN_SPREAD) if self.waiting else 0.0
 
     def answered(self, now: float, role: Role) -> bool:
         """The API answered (anything but 429 or 5xx). Returns True when this ended an outage."""
+        self._settle(role)
         _count(self._accepted_times, now)
         self.failures_in_row = 0
-        if role == "probe":
-            self.probe_in_flight = False
-        return self._end_outage(now)
+        return self._end_outage(now, throttled=False)
 
     def throttled(self, now: float, role: Role, retry_after: float | None) -> bool:
         """The API answered 429. Returns True when this ended an outage (the API is up, only busy)."""
+        stale = self._settle(role)
         self.failures_in_row = 0
-        if role == "probe":
-            self.probe_in_flight = False
-        recovered = self._end_outage(now)
-        self.last_429 = now
-        if retry_after is not None and retry_after > 0:
-            self.paused_until = max(self.paused_until, now + min(retry_after, MAX_PAUSE))
-        if now >= self.decrease_hold_until:
-            accepted = len(_trim(self._accepted_times, now))
-            base = float(accepted) if accepted else float(len(_trim(self._sent_times, now)))
-            if self.rate is not None:
-                base = min(base, self.rate) if base else self.rate
-            self.rate = max(MIN_RATE, base * RATE_DECREASE)
-            self.increase_per_second = max(MIN_RATE, base) * RATE_INCREASE_SHARE
-            self.decrease_hold_until = now + DECREASE_HOLD
-            self.last_growth = now
-            self.next_slot = max(self.next_slot, now + 1.0 / self.rate)
-        if self.throttled_since is None:
-            self.throttled_since = now
-            self.episode_sent = 0
-            self.episode_429s = 0
-            pause = f"; pausing {retry_after:g}s as the API asked" if retry_after else ""
+        recovered = self._end_outage(now, throttled=True)
+        entering = self.throttled_since is None
+        if entering or (not stale and now >= max(self.paused_until, self.decrease_hold_until)):
+            self._cut(now)
+        asked = retry_after if retry_after is not None and retry_after > 0 else 0.0
+        self.paused_until = max(self.paused_until, now + min(asked, MAX_PAUSE))
+        self.state = "throttled"
+        # Nothing is learned inside a pause: growth and quiet time count from its end.
+        self.grow_from = max(self.grow_from, self.paused_until)
+        self._new_window(max(now, self.paused_until))
+        if entering:
+            self.throttled_since, self.episode_sent, self.episode_429s = now, 0, 0
+            pause = f"; pausing them {_format_duration(self.paused_until - now)}" if asked else ""
+            if asked > MAX_PAUSE:
+                pause += f" (the API asked for {_format_duration(asked)})"
+            elif asked:
+                pause += " as the API asked"
             self.emit(
                 logging.WARNING,
                 f"The AI/ML API at {self.name} is rate-limiting this key (429): polls from this process "
-                f"slowed to {self.rate:.1f}/s, for every waiting generation{pause}",
+                f"slowed to {self.rate or 0:.1f}/s, for every waiting generation{pause}",
             )
         self.episode_429s += 1
         return recovered
 
     def failed(self, now: float, role: Role, reason: str) -> None:
         """A connection failure or a 5xx."""
+        self._settle(role)
         self.last_failure = reason
-        if role == "probe":
-            self.probe_in_flight = False
-            self.probe_failures += 1
-            self.next_probe_at = now + self._probe_wait()
-            return
-        if self.outage_since is not None:
+        if self.state == "outage":
+            if role == "probe":
+                self.probe_failures += 1
+                self.next_probe_at = now + self._probe_wait()
             return  # a poll sent just before the outage began: already accounted for
         self.failures_in_row += 1
         if self.failures_in_row >= OUTAGE_AFTER:
-            self.outage_since = now
-            self.probe_failures = 0
-            self.held = 0
+            self.state, self.outage_since, self.probe_failures = "outage", now, 0
             self.next_probe_at = now + self._probe_wait()
             self.emit(
                 logging.WARNING,
@@ -226,10 +253,37 @@ class ApiHealth:
 
     def abandoned(self, role: Role) -> None:
         """A request was cancelled before its outcome was known (its trigger was cancelled)."""
-        if role == "probe":
-            self.probe_in_flight = False
+        self._settle(role)
 
-    # -- internals ---------------------------------------------------------------------------
+    def _slot(self, at: float) -> float:
+        at = max(at, self.paused_until)
+        return at if self.rate is None else max(at, self.next_slot)
+
+    def _settle(self, role: Role) -> bool:
+        """One request's outcome is in; True when it was sent before the last cut."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self.probe_in_flight = self.probe_in_flight and role != "probe"
+        # Taken to come back in the order they went out: close enough (a misattributed 429 only
+        # changes which of two counts), and it needs no id per request.
+        if self.owed:
+            self.owed -= 1
+            return True
+        return False
+
+    def _cut(self, now: float) -> None:
+        accepted = len(_trim(self._accepted_times, now))
+        # Nothing accepted (a probe after an outage): what went out, or what the waiting polls want.
+        base = float(accepted or max(len(_trim(self._sent_times, now)), self.waiting_pace))
+        if self.rate is not None:
+            base = min(base, self.rate) if base else self.rate
+        self.rate = max(MIN_RATE, base * RATE_DECREASE)
+        self.increase_per_second = max(MIN_RATE, base) * RATE_INCREASE_SHARE
+        self.decrease_hold_until = self.grow_from = now + DECREASE_HOLD
+        self.next_slot = max(self.next_slot, now + 1.0 / self.rate)
+        self.owed = self.in_flight  # their 429s were earned by the old rate
+
+    def _new_window(self, start: float) -> None:
+        self.quiet_since, self.window_sent, self.window_rate = start, 0, self.rate or 0.0
 
     def _probe_wait(self) -> float:
         # Exponential, capped, with "equal jitter": between half and all of the step, so probes of
@@ -237,49 +291,54 @@ class ApiHealth:
         step = min(PROBE_MAX_WAIT, PROBE_INITIAL_WAIT * 2.0**self.probe_failures)
         return step * (0.5 + 0.5 * self.random())
 
-    def _end_outage(self, now: float) -> bool:
+    def _end_outage(self, now: float, *, throttled: bool) -> bool:
         if self.outage_since is None:
             return False
+        since, self.outage_since = self.outage_since, None
+        self.failures_in_row, self.probe_in_flight = 0, False
+        if self.throttled_since is not None:
+            # An outage teaches nothing about the rate limit: its time is neither quiet nor growth.
+            self.state, self.grow_from = "throttled", max(now, self.grow_from)
+            self._new_window(max(now, self.paused_until))
+            then = f"resuming them at the throttled rate, {self.rate or 0:.1f}/s"
+        elif self.waiting and not throttled:
+            self.state, self.rate = "recovery", min(self.waiting_pace, self.max_rate or math.inf)
+            self.increase_per_second = self.rate * RATE_INCREASE_SHARE
+            self.grow_from = self.next_slot = now
+            then = f"resuming them at {self.rate:.1f}/s, over {_format_duration(self.waiting / self.rate)}"
+        else:
+            self.state, self.rate = "healthy", self.max_rate
+            then = "but it rate-limits this key" if throttled else "resuming them"
         self.emit(
             logging.WARNING,
-            f"The AI/ML API at {self.name} answers again after {_format_duration(now - self.outage_since)}: "
-            f"{self.probe_failures + 1} probe(s) sent, {self.held} poll(s) held; resuming them spread "
-            "over their poll interval",
+            f"The AI/ML API at {self.name} answers again after {_format_duration(now - since)}: "
+            f"{self.probe_failures + 1} probe(s) sent, {self.waiting} poll(s) waiting; {then}",
         )
-        if self.throttled_since is not None:
-            # An outage teaches nothing about the rate limit: its time neither counts as quiet (which
-            # would end the throttling as the held polls come back at once) nor as growth.
-            self.last_429 += now - self.outage_since
-            self.last_growth = now
-        self.outage_since = None
-        self.failures_in_row = 0
-        self.probe_in_flight = False
         return True
 
-    def _grow(self, now: float) -> None:
-        if self.throttled_since is None:
+    def _advance(self, now: float) -> None:
+        """The transitions time makes: growth, the end of throttling, the end of recovery."""
+        if self.state == "healthy":
             return
-        if self.rate is not None and now > self.decrease_hold_until:
-            self.rate += self.increase_per_second * max(
-                0.0, now - max(self.last_growth, self.decrease_hold_until)
-            )
-            if self.max_rate is not None:
-                self.rate = min(self.rate, self.max_rate)
-            self.last_growth = now
-        if (
-            now - self.last_429 >= THROTTLE_QUIET
-            and self.rate is not None
-            and len(_trim(self._sent_times, now)) < 0.8 * self.rate
-        ):
+        if self.rate is not None and now > self.grow_from:
+            self.rate += self.increase_per_second * (now - self.grow_from)
+            self.rate, self.grow_from = min(self.rate, self.max_rate or math.inf), now
+        if self.state == "throttled" and now - self.quiet_since >= THROTTLE_QUIET:
+            # Polls that use the rate fill every slot of the window (the rate only grows in it):
+            # they never pass, down to MIN_RATE (6 slots in 30 s).
+            if self.window_sent >= 0.8 * self.window_rate * (now - self.quiet_since):
+                self._new_window(now)
+                return
             self.emit(
                 logging.WARNING,
                 f"The AI/ML API at {self.name} no longer rate-limits this key: throttled for "
-                f"{_format_duration(now - self.throttled_since)}, {self.episode_sent} poll(s) sent, "
-                f"{self.episode_429s} answered 429; polls from this process run at their own pace again",
+                f"{_format_duration(now - (self.throttled_since or now))}, {self.episode_sent} poll(s) "
+                f"sent, {self.episode_429s} answered 429; polls from this process run at their own pace "
+                "again (any still waiting first, at the rate)",
             )
-            self.throttled_since = None
-            self.rate = self.max_rate
-            self.paused_until = 0.0
+            self.state, self.throttled_since = "recovery", None
+        if self.state == "recovery" and not self.waiting:
+            self.state, self.rate = "healthy", self.max_rate
 
 
 def _trim(times: deque[float], now: float) -> deque[float]:
@@ -292,10 +351,6 @@ def _count(times: deque[float], now: float) -> None:
     times.append(now)
     _trim(times, now)
 
-
-# ---------------------------------------------------------------------------------------------
-# Outcomes
-# ---------------------------------------------------------------------------------------------
 
 Outcome = Literal["answered", "throttled", "failed"]
 
@@ -339,6 +394,8 @@ def _unavailable(health: ApiHealth, path: str, now: float) -> KlingFxApiUnavaila
             f"the API has not answered for {_format_duration(now - health.outage_since)} "
             f"(last: {health.last_failure})"
         )
+    elif health.paused_until > now:
+        why = f"the API asked for a pause, {_format_duration(health.paused_until - now)} more"
     else:
         why = "the API is rate-limiting this key and the poll's turn comes after"
     return KlingFxApiUnavailableError(f"GET {path}: not sent before the deadline: {why}")
@@ -352,6 +409,8 @@ class _Base:
     def report(self, role: Role, exc: BaseException | None) -> bool:
         """Record a request's outcome; marks ``exc`` as reported when the gate announced its cause.
 
+        :param role: what the gate's ``acquire`` returned for the request.
+        :param exc: the request's error; None when it succeeded.
         :returns: True when this answer ended an outage.
         """
         now = self._clock()
@@ -384,8 +443,12 @@ class SyncGate(_Base):
         self._sleep = sleep
 
     def acquire(self, deadline: float, path: str) -> Role:
-        """Wait for this poll's turn; raises :class:`KlingFxApiUnavailableError` past ``deadline``."""
-        counted = False
+        """Wait for this poll's turn.
+
+        :param deadline: epoch seconds; a turn that comes later is not waited for.
+        :param path: the request path, for the error.
+        :raises KlingFxApiUnavailableError: when the turn comes after ``deadline``.
+        """
         while True:
             now = self._clock()
             at, role = self.health.ready_at(now)
@@ -394,27 +457,24 @@ class SyncGate(_Base):
                 return role
             if at > deadline:
                 raise _unavailable(self.health, path, now)
-            if self.health.in_outage and not counted:
-                self.health.held += 1
-                counted = True
             self._sleep(at - now)
 
 
 @dataclass(eq=False)
 class _Waiter:
-    future: asyncio.Future[tuple[Role, float]]
+    future: asyncio.Future[Role]
     deadline: float
     spread: float
     path: str
+    live: bool = True  # still queued
 
 
 class AsyncGate(_Base):
     """The gate every trigger of one event loop goes through for one API (base URL and key).
 
-    Polls pass straight through while the API is healthy and unthrottled. Otherwise they queue, and
-    one dispatcher task releases them: at the current rate, after a ``Retry-After`` pause, or one
-    probe at a time during an outage. A held poll whose deadline passes gets
-    :class:`KlingFxApiUnavailableError`.
+    Polls pass straight through while the API is healthy (and under the cap). Otherwise they queue
+    and one dispatcher task releases them in order, as :meth:`ApiHealth.ready_at` allows; a poll
+    still queued at its deadline gets :class:`KlingFxApiUnavailableError`.
 
     :param health: the state.
     :param sleep: the async sleep (tests inject one).
@@ -426,6 +486,8 @@ class AsyncGate(_Base):
     ) -> None:
         super().__init__(health, clock)
         self._sleep = sleep
+        # The waiters in arrival order, and by deadline. A waiter no longer live leaves either at
+        # its front, or in _finish's sweep, which keeps both within a multiple of the live ones.
         self._queue: deque[_Waiter] = deque()
         self._deadlines: list[tuple[float, int, _Waiter]] = []
         self._seq = itertools.count()
@@ -435,12 +497,12 @@ class AsyncGate(_Base):
     @property
     def waiting(self) -> int:
         """Polls queued at the gate now."""
-        return sum(1 for w in self._queue if not w.future.done())
+        return self.health.waiting
 
     def try_acquire(self) -> Role | None:
         """This poll's turn at once, without waiting (the healthy case: no coroutine, no queue); else None."""
-        if self._queue:
-            return None
+        if self.health.waiting:
+            return None  # first come, first served
         now = self._clock()
         at, role = self.health.ready_at(now)
         if at > now:
@@ -453,75 +515,72 @@ class AsyncGate(_Base):
 
         :param deadline: epoch seconds; past it the poll is not sent.
         :param path: the request path, for the error.
-        :param spread: seconds over which held polls resume after an outage (the poll interval).
+        :param spread: the poll's interval: after an outage the waiting polls resume at the pace
+            their intervals make.
         :raises KlingFxApiUnavailableError: when ``deadline`` passes first.
         """
-        while True:
-            ready = self.try_acquire()
-            if ready is not None:
-                return ready
-            waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, spread, path)
-            self._queue.append(waiter)
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
-            if self.health.in_outage:
-                self.health.held += 1
-            self._wake.set()
-            if self._dispatcher is None:
-                # An empty context: the dispatcher outlives the trigger that started it, and its
-                # lines belong in the process log, not in that trigger's task log.
-                self._dispatcher = asyncio.get_running_loop().create_task(
-                    self._dispatch(), context=contextvars.Context()
-                )
-            try:
-                role, delay = await waiter.future
-            except asyncio.CancelledError:
-                if (
-                    waiter.future.done()
-                    and not waiter.future.cancelled()
-                    and waiter.future.exception() is None
-                ):
-                    self.health.abandoned(waiter.future.result()[0])
-                raise
-            if delay <= 0:
-                return role
-            # Released after an outage: come back through the front door at this poll's share of the
-            # interval, so the held polls do not all hit the API at once.
-            await self._sleep(delay)
+        ready = self.try_acquire()
+        if ready is not None:
+            return ready
+        waiter = _Waiter(asyncio.get_running_loop().create_future(), deadline, spread, path)
+        self._queue.append(waiter)
+        heapq.heappush(self._deadlines, (deadline, next(self._seq), waiter))
+        self.health.hold(spread)
+        self._wake.set()
+        if self._dispatcher is None:
+            # An empty context: the dispatcher outlives the trigger that started it, and its
+            # lines belong in the process log, not in that trigger's task log.
+            # (create_task copies the context it is called in; its context= keyword is 3.11+.)
+            self._dispatcher = contextvars.Context().run(
+                asyncio.get_running_loop().create_task, self._dispatch()
+            )
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            if waiter.live:
+                self._finish(waiter)
+            elif not waiter.future.cancelled() and waiter.future.exception() is None:
+                self.abandon(waiter.future.result())  # released, then cancelled: never sent
+            raise
 
     def report(self, role: Role, exc: BaseException | None) -> bool:
-        """Record a request's outcome; wakes the dispatcher when that changes what it waits for."""
-        in_outage = self.health.in_outage
+        """Record a request's outcome; wakes the dispatcher when that may let a poll out sooner.
+
+        :param role: what :meth:`acquire` returned for the request.
+        :param exc: the request's error; None when it succeeded.
+        :returns: True when this answer ended an outage.
+        """
         recovered = super().report(role, exc)
-        if recovered:
-            self._release_spread()
-        if role == "probe" or recovered or in_outage != self.health.in_outage or classify(exc) == "throttled":
+        if role == "probe" or recovered:
             self._wake.set()
         return recovered
 
     def abandon(self, role: Role) -> None:
-        """A request was cancelled before its outcome was known."""
+        """A request was cancelled before its outcome was known.
+
+        :param role: what :meth:`acquire` returned for the request.
+        """
         self.health.abandoned(role)
         self._wake.set()
 
-    def _release_spread(self) -> None:
-        waiters = [w for w in self._queue if not w.future.done()]
-        self._queue.clear()
-        self._deadlines.clear()
-        n = len(waiters)
-        for k, waiter in enumerate(waiters):
-            waiter.future.set_result(("poll", max(1e-3, waiter.spread * k / n)))
+    def _finish(self, waiter: _Waiter) -> None:
+        waiter.live = False
+        self.health.unhold(waiter.spread)
+        if len(self._queue) + len(self._deadlines) > 4 * self.health.waiting + 32:
+            self._queue = deque(w for w in self._queue if w.live)
+            self._deadlines = [entry for entry in self._deadlines if entry[2].live]
+            heapq.heapify(self._deadlines)
 
     def _expire(self, now: float) -> float:
         """Fail the waiters whose deadline passed; returns the next deadline (or inf)."""
         while self._deadlines:
             deadline, _, waiter = self._deadlines[0]
-            if waiter.future.done():
-                heapq.heappop(self._deadlines)
-                continue
-            if deadline > now:
+            if waiter.live and deadline > now:
                 return deadline
             heapq.heappop(self._deadlines)
-            waiter.future.set_exception(_unavailable(self.health, waiter.path, now))
+            if waiter.live:
+                self._finish(waiter)
+                waiter.future.set_exception(_unavailable(self.health, waiter.path, now))
         return math.inf
 
     async def _dispatch(self) -> None:
@@ -529,15 +588,16 @@ class AsyncGate(_Base):
             while True:
                 now = self._clock()
                 next_deadline = self._expire(now)
-                while self._queue and self._queue[0].future.done():
+                while self._queue and not self._queue[0].live:
                     self._queue.popleft()
                 if not self._queue:
                     return
                 at, role = self.health.ready_at(now)
                 if at <= now:
                     waiter = self._queue.popleft()
+                    self._finish(waiter)
                     self.health.sent(now, role)
-                    waiter.future.set_result((role, 0.0))
+                    waiter.future.set_result(role)
                     continue
                 self._wake.clear()
                 await self._sleep_or_wake(min(at, next_deadline) - now)
@@ -556,10 +616,6 @@ class AsyncGate(_Base):
             for task in (wake, nap):
                 task.cancel()
 
-
-# ---------------------------------------------------------------------------------------------
-# One gate per event loop and API
-# ---------------------------------------------------------------------------------------------
 
 _GateKey = tuple[str, str, float | None, Callable[[], float], Callable[[float], Awaitable[Any]]]
 _GATES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[_GateKey, AsyncGate]] = (

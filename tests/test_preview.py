@@ -321,8 +321,10 @@ def _truncated(data: bytes) -> bytes:
         ("photo.png", lambda _v: sample_image_png("person-1.png"), "'png_pipe': a picture or text"),
         # Index at the end (as most encoders write it): cut off, FFmpeg cannot even open it.
         ("cut.mp4", lambda v: _truncated(v.read_bytes()), "not a video FFmpeg can read, or a truncated"),
-        # Index at the front (faststart, as the emulator writes it): opens, then decoding fails.
-        ("cut-faststart.mp4", lambda _v: _truncated(render_tiny_video(1)), "the file is truncated"),
+        # Index at the front (faststart, as the emulator writes it): opens, then decoding comes short
+        # of the index's frame count ("the file is truncated: it holds ..."); the FFmpeg of PyAV 17
+        # (Python 3.10) stops with an error instead ("... corrupt or truncated").
+        ("cut-faststart.mp4", lambda _v: _truncated(render_tiny_video(1)), "truncated"),
     ],
     ids=["empty", "binary", "json", "text", "png", "truncated", "truncated-faststart"],
 )

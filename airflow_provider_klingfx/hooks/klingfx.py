@@ -120,7 +120,9 @@ def aiohttp_transport_kind(exc: BaseException) -> _api.TransportKind:
         return "refused"
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return "connect_timeout"
-    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+    # asyncio.TimeoutError, not the builtin: on Python 3.10 they are different classes, and aiohttp
+    # raises the asyncio one for its total timeout.
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "read_timeout"
     return "lost"
 
@@ -708,7 +710,7 @@ class KlingFxHook(BaseHook):
                 return _api.parse_answer(
                     resp.status, raw, resp.headers, method=method, path=path
                 ), resp.headers
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:  # see aiohttp_transport_kind
             raise _api.transport_error(
                 aiohttp_transport_kind(exc), method, path, type(exc).__name__
             ) from None

@@ -228,3 +228,102 @@ def test_an_outage_during_throttling_keeps_the_throttle_for_the_polls_that_come_
     assert h.throttled_since is not None
     assert h.rate == pytest.approx(rate, abs=1.0)
     assert not any("no longer rate-limits" in m for _, m in lines.lines)
+
+
+@pytest.mark.parametrize("retry_after", [45.0, 100.0])
+def test_a_retry_after_longer_than_the_quiet_time_holds_every_poll_to_its_end(retry_after):
+    """Quiet time counts from the end of the pause: a poll arriving 30 s in does not end throttling."""
+    h, lines = health()
+    now = send_and_answer(h, 1000.0, 20, 0.05)
+    h.throttled(now, "poll", retry_after=retry_after)
+    arrivals = [now + k * 0.5 for k in range(int(retry_after * 2))]
+    assert all(h.ready_at(t)[0] >= now + retry_after for t in arrivals)
+    assert h.ready_at(now + retry_after + _health.THROTTLE_QUIET - 1)[0] == now + retry_after + 29
+    assert h.throttled_since is not None and len(lines.lines) == 1
+
+
+@pytest.mark.parametrize("accepted", [0, 1, 3, 6], ids=["min-rate", "0.7/s", "2.1/s", "4.2/s"])
+def test_throttling_holds_at_low_rates_while_the_polls_use_every_slot(accepted):
+    h, lines = health()
+    now = send_and_answer(h, 1000.0, accepted, 1.0 / max(1, accepted))
+    h.throttled(now, "poll", retry_after=None)
+    t = now
+    while t < now + 120 and h.throttled_since is not None:  # a backlog goes out at the rate, no 429
+        at, role = h.ready_at(t)
+        if at > t:  # the dispatcher sleeps until then, and asks again
+            t = at
+            continue
+        h.sent(t, role)
+        h.answered(t, role)
+    assert h.throttled_since is not None, lines.lines[-1]
+
+
+def test_late_429s_earned_before_the_cut_or_inside_the_pause_do_not_cut_again():
+    h, _ = health()
+    now = send_and_answer(h, 1000.0, 100, 0.01)
+    for _ in range(4):
+        h.sent(now, "poll")  # four in flight when the first 429 comes back
+    h.throttled(now, "poll", retry_after=5.0)
+    assert h.rate == pytest.approx(70.0)
+    for late in (now + 1.5, now + 3.0, now + 6.0):  # the other three: inside the pause, then after it
+        h.throttled(late, "poll", retry_after=None)
+        assert h.rate == pytest.approx(70.0, rel=0.01)
+    at, role = h.ready_at(now + 6.0)
+    h.sent(at, role)
+    h.throttled(at + 0.5, role, retry_after=None)  # sent after the cut: this one counts
+    assert h.rate < 70.0
+
+
+def test_a_retry_after_beyond_the_cap_is_logged_as_the_pause_the_gate_keeps():
+    h, lines = health()
+    h.throttled(1000.0, "poll", retry_after=3600.0)
+    assert h.ready_at(1000.0)[0] == 1000.0 + _health.MAX_PAUSE
+    (line,) = (m for _, m in lines.lines)
+    assert "pausing them 2.0min (the API asked for 60.0min)" in line
+    assert "3600" not in line
+
+
+def test_probes_wait_for_the_pause_and_the_rate():
+    h, _ = health()
+    h.throttled(1000.0, "poll", retry_after=60.0)
+    for _ in range(_health.OUTAGE_AFTER):  # requests in flight before the 429 fail: the API is down
+        h.failed(1000.5, "poll", "refused")
+    assert h.in_outage
+    assert h.ready_at(1001.0) == (1060.0, "probe")
+
+
+def test_after_an_outage_the_waiting_polls_resume_at_their_own_pace():
+    h, lines = health()
+    for _ in range(_health.OUTAGE_AFTER):
+        h.failed(1000.0, "poll", "refused")
+    for spread in [10.0] * 8 + [0.0]:  # eight polling every 10 s, one that does not say
+        h.hold(spread)
+    at, role = h.ready_at(1000.0)
+    h.sent(at, role)
+    assert h.answered(at, role) is True
+    assert h.state == "recovery" and h.rate == pytest.approx(8 / 10 + 1 / _health.MIN_SPREAD)
+    assert "9 poll(s) waiting; resuming them at 1.8/s" in lines.lines[-1][1]
+    released = []
+    t = at
+    while h.waiting:
+        t, role = h.ready_at(t)
+        h.unhold(10.0 if h.waiting > 1 else 0.0)
+        h.sent(t, role)
+        released.append(t)
+    gaps = [b - a for a, b in itertools.pairwise(released)]
+    # One per 1/1.8 s at first, a little faster as the rate grows (2 % of it per second).
+    assert all(1 / 1.8 / 1.2 < g <= 1 / 1.8 + 1e-9 for g in gaps) and len(released) == 9
+    h.ready_at(t + 1.0)
+    assert h.state == "healthy" and h.rate is None
+
+
+def test_a_429_to_the_first_probe_cuts_from_what_the_waiting_polls_want_not_from_one_probe():
+    h, _ = health()
+    for _ in range(_health.OUTAGE_AFTER):
+        h.failed(1000.0, "poll", "503")
+    for _ in range(100):
+        h.hold(10.0)  # 100 polls every 10 s wait: 10/s
+    at, role = h.ready_at(1000.0)
+    h.sent(at, role)
+    h.throttled(at, role, retry_after=None)
+    assert h.rate == pytest.approx(7.0)  # not 0.7/s, from the one probe sent in the last second
