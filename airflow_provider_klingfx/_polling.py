@@ -14,12 +14,17 @@ from typing import TYPE_CHECKING
 
 from airflow_provider_klingfx._api import is_transient
 from airflow_provider_klingfx._health import was_reported
+from airflow_provider_klingfx.domain import KlingFxAPIError
 
 if TYPE_CHECKING:
     from airflow_provider_klingfx.domain import Generation, KlingFxError
 
 #: Shortest sleep between polls, so a misconfigured interval cannot hammer the API.
 MIN_POLL_INTERVAL = 0.05
+#: Seconds after its submission during which a generation the API does not know (404) is polled on.
+#: An API that is briefly eventually consistent answers 404 just after a create; ending the wait
+#: there would fail the task, and its retry would pay for a new generation. Past it, 404 is final.
+NOT_FOUND_GRACE_SECONDS = 60.0
 
 # The adaptive schedule's shape. Tuned (benchmarks/bench_polls.py) on the emulator's spread of
 # durations (uniform 60-180 s) and a lognormal one around the vendor's "about two minutes": it halves
@@ -126,7 +131,19 @@ class GenerationWatch:
         step = PollStep()
         elapsed = self.elapsed(now)
         if isinstance(result, BaseException):
-            if not is_transient(result):
+            if (
+                isinstance(result, KlingFxAPIError)
+                and result.status_code == 404
+                and elapsed < NOT_FOUND_GRACE_SECONDS
+            ):
+                result = KlingFxAPIError(
+                    404,
+                    f"not known to the API yet, {elapsed:.0f}s after its submission; polling on for up to "
+                    f"{NOT_FOUND_GRACE_SECONDS:.0f}s, as an API can be briefly eventually consistent",
+                    method=result.method,
+                    path=result.path,
+                )
+            elif not is_transient(result):
                 raise result
             self.consecutive_failures += 1
             self.last_error = str(result)

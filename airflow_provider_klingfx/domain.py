@@ -97,9 +97,11 @@ EFFECT_SCENES: Final[tuple[str, ...]] = (
     "hug", "kiss", "heart_gesture", "fight",
 )  # fmt: skip
 
-#: Scenes that place two people side by side: exactly two images, the first on the left.
+#: Scenes that place two people side by side: exactly two images, the first on the left. Kling's
+#: effects spec has only these three as dual-image effects; every other scene takes one photo.
 TWO_PERSON_SCENES: Final = frozenset({"hug", "kiss", "heart_gesture"})
-#: Single-subject scenes documented to take exactly one image.
+#: The single-subject scenes the AI/ML API's page names (every scene outside
+#: :data:`TWO_PERSON_SCENES` takes one photo too).
 ONE_SUBJECT_SCENES: Final = frozenset({"squish", "expansion"})
 #: Allowed video lengths in seconds.
 DURATIONS: Final[tuple[int, ...]] = (5, 10)
@@ -111,16 +113,13 @@ _SCENE_SET: Final = frozenset(EFFECT_SCENES)
 def image_count_range(effect_scene: str) -> tuple[int, int]:
     """Return the (minimum, maximum) number of images a scene takes.
 
-    The vendor documents the count only for the five classic scenes; for the others it lets the
-    API decide, so one or two images are accepted locally.
+    Kling's effects spec: two photos for the dual-image effects (:data:`TWO_PERSON_SCENES`), one for
+    every other scene, including names that sound like two people (``santa_hug``, ``siblings``,
+    ``fight``). The AI/ML API's page names the count only for five scenes; Kling's rule is followed.
 
     :param effect_scene: a name from :data:`EFFECT_SCENES`.
     """
-    if effect_scene in TWO_PERSON_SCENES:
-        return (2, 2)
-    if effect_scene in ONE_SUBJECT_SCENES:
-        return (1, 1)
-    return (1, 2)
+    return (2, 2) if effect_scene in TWO_PERSON_SCENES else (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,7 +235,7 @@ class KlingFxAmbiguousSubmissionError(KlingFxError, AirflowFailException):
 class KlingFxGenerationFailedError(KlingFxError, AirflowFailException):
     """The vendor ran the generation and reported ``status: error`` (e.g. no face in a photo).
 
-    The same inputs would fail again, and each try is paid, so it fails the task without retries.
+    The same inputs would fail again, so it fails the task without retries.
 
     :param generation_id: the vendor's generation id.
     :param reason: the vendor's reason, readable.
@@ -271,11 +270,11 @@ class KlingFxTimeoutError(KlingFxError):
 
 
 class KlingFxRetryWouldResubmitError(KlingFxError, AirflowFailException):
-    """A failure after a paid submission, on an Airflow without ``task_state_store`` (3.1, 3.2).
+    """A failure after a paid submission that a retry could not reattach to.
 
-    There a task retry cannot find the generation its previous try paid for, so it would submit and
-    pay for a new one. The task fails without retries instead, naming the generation so its video
-    can still be fetched.
+    A retry finds an earlier try's generation only in ``task_state_store``: Airflow 3.1 and 3.2 have
+    none, and on 3.3+ writing the record can fail. Then a retry would submit and pay for a new one, so
+    the task fails without retries instead, naming the generation so its video can still be fetched.
 
     :param generation_id: the paid generation.
     :param cause: the failure that would otherwise have been retried.
@@ -285,10 +284,33 @@ class KlingFxRetryWouldResubmitError(KlingFxError, AirflowFailException):
         self.generation_id = generation_id
         self.cause = cause
         super().__init__(
-            f"{type(cause).__name__}: {cause}. Not retrying: this Airflow has no task_state_store "
-            f"(3.3+), so a retry would submit and pay for a new generation. Generation {generation_id} "
-            f"is paid for; fetch its video with KlingFxGenerationSensor(generation_id={generation_id!r}), "
-            "or clear the task to pay for a new one"
+            f"{type(cause).__name__}: {cause}. Not retrying: a retry could not find this generation (no "
+            "task_state_store before Airflow 3.3, or its record could not be written), so it would submit "
+            f"and pay for a new one. Generation {generation_id} is paid for; fetch its video with "
+            f"KlingFxGenerationSensor(generation_id={generation_id!r}), or clear the task to pay anew"
+        )
+
+
+class KlingFxReattachElsewhereError(KlingFxError, AirflowFailException):
+    """A retry found its paid generation, made at another API URL than the connection now names.
+
+    The API the connection points at would not know the id (404), which would look like a reason to
+    submit and pay again; the task fails instead, naming both URLs.
+
+    :param generation_id: the paid generation.
+    :param made_at: the create URL it was made at.
+    :param now_at: the create URL the connection names now.
+    :param conn_id: the connection.
+    """
+
+    def __init__(self, generation_id: str, made_at: str, now_at: str, conn_id: str) -> None:
+        self.generation_id = generation_id
+        self.made_at = made_at
+        self.now_at = now_at
+        super().__init__(
+            f"Generation {generation_id} was made at {made_at}, but connection {conn_id!r} now points at "
+            f"{now_at}; not submitting (and paying) again. Point the connection back, or fetch it with "
+            f"KlingFxGenerationSensor(generation_id={generation_id!r}) on a connection to {made_at}"
         )
 
 
@@ -534,11 +556,10 @@ class EffectRequest:
         low, high = image_count_range(scene)
         if not low <= len(raw) <= high:
             want = str(low) if low == high else f"{low} or {high}"
-            why = (
-                " (two people: the first image is placed on the left, the second on the right)"
-                if scene in TWO_PERSON_SCENES
-                else ""
-            )
+            if scene in TWO_PERSON_SCENES:
+                why = " (two people: the first image is placed on the left, the second on the right)"
+            else:
+                why = " (only hug, kiss and heart_gesture take two)" if raw else ""
             raise KlingFxInvalidInputError(
                 f"effect_scene {scene!r} takes {want} image{'s' if high > 1 else ''}{why}, got {len(raw)}"
             )

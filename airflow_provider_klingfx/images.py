@@ -14,8 +14,8 @@ from typing import Final
 
 from airflow_provider_klingfx.domain import KlingFxInvalidInputError
 
-#: The largest photo Kling takes for effects ("10 MB"; read as MiB, as upload limits usually are).
-MAX_IMAGE_BYTES: Final = 10 * 1024 * 1024
+#: The largest photo Kling takes for effects: "cannot exceed 10MB", 10,000,000 bytes (not MiB).
+MAX_IMAGE_BYTES: Final = 10_000_000
 #: The shortest side Kling takes, in pixels.
 MIN_IMAGE_SIDE: Final = 300
 #: The most elongated photo Kling takes: long side / short side (1:2.5 to 2.5:1).
@@ -35,6 +35,7 @@ RULE_ASPECT: Final = "aspect"
 RULE_UNREADABLE: Final = "unreadable"
 RULE_LOCAL: Final = "local"
 RULE_LOCATION: Final = "location"
+RULE_PRESIGN: Final = "presign"
 
 
 class KlingFxImageError(KlingFxInvalidInputError):
@@ -43,7 +44,7 @@ class KlingFxImageError(KlingFxInvalidInputError):
     :param position: 1-based position of the photo in ``image_urls``.
     :param shown: the photo as it may be shown (``scheme://host/path``, never a signature).
     :param rule: which rule it broke (``format``, ``size``, ``side``, ``aspect``, ``unreadable``,
-        ``local``, ``location``).
+        ``local``, ``location``, ``presign``).
     :param message: what is wrong and what to do.
     """
 
@@ -99,7 +100,7 @@ def check_size(size: int | None, position: int, shown: str) -> None:
             position,
             shown,
             RULE_SIZE,
-            f"is {size / 1e6:.1f} MB: Kling takes photos of at most 10 MB; "
+            f"is {size:,} bytes: Kling takes photos of at most 10 MB (10,000,000 bytes); "
             "save it smaller (e.g. as a JPEG at quality 90)",
         )
 

@@ -47,6 +47,7 @@ from airflow_provider_klingfx.images import (
     MAX_IMAGE_BYTES,
     RULE_LOCAL,
     RULE_LOCATION,
+    RULE_PRESIGN,
     RULE_UNREADABLE,
     HeaderTooShortError,
     ImageInfo,
@@ -226,7 +227,7 @@ def prepare_photos(
             photo = _prepare_url(ref, position, hook, check=check_urls)
         else:
             photo = _prepare_stored(
-                ref, position, inline_base64=inline_base64, presign_seconds=presign_seconds
+                ref, position, hook, inline_base64=inline_base64, presign_seconds=presign_seconds
             )
         log.info("%s", photo.describe())
         prepared.append(photo)
@@ -235,10 +236,24 @@ def prepare_photos(
 
 def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> PreparedPhoto:
     shown = redact_url(url)
-    if not check:
-        return PreparedPhoto(position, shown, url, "sent as given", None)
+    info = _check_url(url, position, shown, hook) if check else None
+    return PreparedPhoto(position, shown, url, "sent as given", info)
+
+
+def _check_url(
+    url: str, position: int, shown: str, hook: KlingFxHook, *, presigned_with: str = ""
+) -> ImageInfo:
+    """Read the header of the photo at ``url`` as the API would download it (a ranged GET, no key
+    sent), and check it against Kling's limits.
+
+    :param presigned_with: the storage connection that presigned ``url``, if it did: a URL that does
+        not work then means a signing setting is wrong (region, signature version, key).
+    :raises KlingFxImageError: the photo breaks a rule, or the URL does not serve it (the API would
+        fail alike; no retry).
+    :raises KlingFxPhotoAccessError: a failure a retry may fix (network, throttling, 5xx).
+    """
     try:
-        info = _read_checked(lambda n: hook.read_image_head(url, n), position, shown)
+        return _read_checked(lambda n: hook.read_image_head(url, n), position, shown)
     except KlingFxImageError:
         raise
     except KlingFxUnsafeUrlError as exc:
@@ -246,6 +261,15 @@ def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> 
     except KlingFxAPIError as exc:
         if is_transient(exc):
             raise KlingFxPhotoAccessError(position, shown, exc) from None
+        if presigned_with:
+            raise KlingFxImageError(
+                position,
+                shown,
+                RULE_PRESIGN,
+                f"was presigned with connection {presigned_with!r}, but its presigned URL does not work "
+                f"(HTTP {exc.status_code}: {exc.vendor_message[:200]}); the API would fail to download it "
+                "the same way: check the connection's region and signature settings",
+            ) from None
         raise KlingFxImageError(
             position,
             shown,
@@ -255,7 +279,6 @@ def _prepare_url(url: str, position: int, hook: KlingFxHook, *, check: bool) -> 
         ) from None
     except KlingFxError as exc:
         raise KlingFxPhotoAccessError(position, shown, exc) from None
-    return PreparedPhoto(position, shown, url, "sent as given", info)
 
 
 def _read_checked(
@@ -274,7 +297,9 @@ def _read_checked(
         return check_image(whole, size if size is not None else len(whole), position, shown, complete=True)
 
 
-def _prepare_stored(ref: str, position: int, *, inline_base64: bool, presign_seconds: int) -> PreparedPhoto:
+def _prepare_stored(
+    ref: str, position: int, hook: KlingFxHook, *, inline_base64: bool, presign_seconds: int
+) -> PreparedPhoto:
     from airflow.sdk import ObjectStoragePath
 
     shown = redact_url(ref)
@@ -300,7 +325,19 @@ def _prepare_stored(ref: str, position: int, *, inline_base64: bool, presign_sec
             except HeaderTooShortError:
                 head += fh.read(MAX_IMAGE_BYTES + 1 - len(head))
                 info = check_image(head, size, position, shown, complete=True)
-            url = None if photo_kind(ref) == PHOTO_LOCAL else _presign(ref, path, presign_seconds)
+            url = None
+            if photo_kind(ref) != PHOTO_LOCAL:
+                try:
+                    url = _presign(ref, path, presign_seconds)
+                except Exception as exc:
+                    # Signing is local work on the connection's settings: another try fails alike.
+                    raise KlingFxImageError(
+                        position,
+                        shown,
+                        RULE_PRESIGN,
+                        f"could not be presigned with connection {_signer(path)!r}: {_why(exc)}; check its "
+                        "credentials (a GCS connection needs a service-account key to sign URLs)",
+                    ) from None
             if url is None and inline_base64:
                 data = head if len(head) >= size else head + fh.read(MAX_IMAGE_BYTES + 1 - len(head))
     except KlingFxImageError:
@@ -311,6 +348,9 @@ def _prepare_stored(ref: str, position: int, *, inline_base64: bool, presign_sec
     except Exception as exc:
         raise KlingFxPhotoAccessError(position, shown, exc) from None
     if url is not None:
+        # The URL the API will get, read as the API will read it: a region or signature mismatch
+        # shows here, before paying, not as a generation failed at the vendor.
+        info = _check_url(url, position, shown, hook, presigned_with=_signer(path))
         valid = (
             f"{presign_seconds / 3600:g} h"
             if presign_seconds % 3600 == 0
@@ -330,6 +370,11 @@ def _prepare_stored(ref: str, position: int, *, inline_base64: bool, presign_sec
     return PreparedPhoto(
         position, shown, f"data:{info.mime_type};base64,{encoded}", "sent inline as base64", info
     )
+
+
+def _signer(path: ObjectStoragePath) -> str:
+    """The connection that presigns ``path``'s URLs, as a user would name it."""
+    return storage_conn_id(path) or f"{path.protocol} default"
 
 
 def _why(exc: BaseException) -> str:

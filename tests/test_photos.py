@@ -93,11 +93,21 @@ def test_each_rule_rejects_a_photo_in_one_line_naming_it(tmp_path, connection, s
 def test_a_photo_over_10_mb_is_rejected_from_its_size_alone(tmp_path, connection, sleeps):
     photo = tmp_path / "huge.png"
     photo.write_bytes(oversized_png())
-    with pytest.raises(
-        KlingFxImageError, match=r"is 1\d\.\d MB: Kling takes photos of at most 10 MB"
-    ) as info:
+    size = photo.stat().st_size
+    with pytest.raises(KlingFxImageError) as info:
         prepare_photos(squish(str(photo)), make_hook(sleeps), inline_base64=True)
     assert info.value.rule == "size"
+    assert f"is {size:,} bytes: Kling takes photos of at most 10 MB (10,000,000 bytes)" in str(info.value)
+
+
+def test_the_size_limit_is_10_000_000_bytes_not_10_mib():
+    from airflow_provider_klingfx.images import check_size
+
+    check_size(10_000_000, 1, "x")
+    with pytest.raises(KlingFxImageError, match=r"is 10,000,001 bytes"):
+        check_size(10_000_001, 1, "x")
+    with pytest.raises(KlingFxImageError):
+        check_size(10 * 1024 * 1024, 1, "x")  # 10 MiB: over Kling's 10 MB
 
 
 def test_a_jpeg_whose_header_is_longer_than_the_first_read_is_read_further(tmp_path, connection, sleeps):
@@ -355,3 +365,86 @@ def test_a_video_download_reaches_no_private_address_unless_allowed(tmp_path, co
         save_video(make_hook(sleeps), "gen-1", video, str(tmp_path / "v.mp4"))
     assert emulator.stats()["requests"] == []
     assert list(tmp_path.iterdir()) == []
+
+
+# -- presigned URLs are read before paying ------------------------------------------------------
+
+
+def _signing_store_class() -> type:
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class SigningStore(MemoryFileSystem):
+        """fsspec's memory store with a ``sign()`` that hands out the URL (or raises) the test sets."""
+
+        protocol = ("signtest",)
+        signed: str | Exception = ""
+
+        def sign(self, path, expiration=100, **kwargs):
+            if isinstance(self.signed, Exception):
+                raise self.signed
+            return self.signed
+
+    return SigningStore
+
+
+@pytest.fixture(scope="module")
+def signing_store_class() -> type:
+    import fsspec
+    from airflow.sdk import ObjectStoragePath
+    from airflow.sdk.io import attach
+
+    # Once per module: fsspec and Airflow cache a store's filesystem by its protocol.
+    cls = _signing_store_class()
+    fsspec.register_implementation("signtest", cls, clobber=True)
+    attach("signtest", fs=cls())
+    ObjectStoragePath("signtest://album/me.png").write_bytes(GOOD_PNG)
+    return cls
+
+
+@pytest.fixture
+def signing_store(signing_store_class):
+    signing_store_class.signed = ""
+    return signing_store_class
+
+
+def test_a_presigned_url_is_read_and_checked_before_paying(signing_store, photo_host, connection, sleeps):
+    signing_store.signed = f"{photo_host['url']}/me.png?signature=s3cr3t"
+    (url,) = prepare_photos(squish("signtest://album/me.png"), make_hook(sleeps)).image_urls
+    assert url == signing_store.signed
+    # One ranged read of the URL the API will get, no key sent.
+    assert photo_host["seen"] == [{"path": "/me.png", "range": "bytes=0-65535", "auth": None}]
+
+
+def test_a_presigned_url_that_does_not_work_fails_before_paying(
+    signing_store, photo_host, connection, sleeps, emulator
+):
+    # As S3 answers a URL signed for another region: 403. The API would fail to download it too.
+    signing_store.signed = f"{photo_host['url']}/private.png?X-Amz-Signature=s3cr3t"
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish("signtest://album/me.png"), make_hook(sleeps))
+    assert info.value.rule == "presign"
+    assert str(info.value) == (
+        "image 1 (signtest://album/me.png) was presigned with connection 'signtest default', but its "
+        "presigned URL does not work (HTTP 403: AccessDenied); the API would fail to download it the same "
+        "way: check the connection's region and signature settings"
+    )
+    assert sleeps.calls == []  # a configuration error: not retried
+    assert emulator.stats()["requests"] == []
+    # What the URL serves is checked like any photo: a GIF behind it is refused.
+    signing_store.signed = f"{photo_host['url']}/animated.gif?X-Amz-Signature=s3cr3t"
+    with pytest.raises(KlingFxImageError, match="is a GIF image: Kling takes JPEG or PNG") as info:
+        prepare_photos(squish("signtest://album/me.png"), make_hook(sleeps))
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_a_signing_error_is_a_configuration_error_naming_the_connection(signing_store, connection, sleeps):
+    # As a GCS connection without a private key fails to sign.
+    signing_store.signed = AttributeError("you need a private key to sign credentials")
+    with pytest.raises(KlingFxImageError) as info:
+        prepare_photos(squish("signtest://album/me.png"), make_hook(sleeps))
+    assert info.value.rule == "presign"
+    assert isinstance(info.value, KlingFxInvalidInputError)  # fails the task without retries
+    assert (
+        "could not be presigned with connection 'signtest default': AttributeError: you need a private "
+        in str(info.value)
+    )

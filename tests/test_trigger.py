@@ -357,3 +357,39 @@ async def test_a_slow_poll_never_runs_past_the_deadline(emulator, connection):
     assert event["status"] == "timeout"
     assert event["generation_id"] == gen_id
     assert time.monotonic() - started < 4.5  # not the 5 s of even a single slow answer
+
+
+async def test_a_generation_the_api_does_not_know_yet_just_after_its_create_is_polled_on(
+    emulator, connection
+):
+    # An API briefly eventually consistent: the first fetches of a new generation answer 404. Ending
+    # the wait there would fail the task, and its retry would pay for a new generation.
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    emulator.set_faults(faults({"action": "status", "status": 404, "route": "fetch", "times": 3}))
+    (event,) = await events_of(make_trigger(gen_id, sleep))
+    assert event["status"] == "success", event
+    fetches = [r["status"] for r in emulator.stats()["requests"] if r["method"] == "GET"]
+    assert fetches[:4] == [404, 404, 404, 200]
+    assert emulator.stats()["submissions"] == 1
+
+
+async def test_a_generation_still_unknown_after_the_grace_period_ends_the_wait(emulator, connection):
+    from airflow_provider_klingfx._polling import NOT_FOUND_GRACE_SECONDS
+
+    sleep = RealSleep()
+    gen_id = submit(emulator, sleep, squish(emulator))
+    emulator.set_faults(faults({"action": "status", "status": 404, "route": "fetch", "times": -1}))
+    trigger = KlingFxGenerationTrigger(
+        generation_id=gen_id,
+        deadline=sleep.clock() + 600,
+        poll_interval=5,
+        submitted_at=sleep.clock(),
+        sleep=sleep,
+        clock=sleep.clock,
+    )
+    (event,) = await events_of(trigger)
+    assert event["status"] == "error" and event["status_code"] == 404, event
+    # Polled on every 5 s (virtual) through the grace period, then the 404 counts.
+    polls = [r for r in emulator.stats()["requests"] if r["method"] == "GET"]
+    assert len(polls) == NOT_FOUND_GRACE_SECONDS / 5 + 1

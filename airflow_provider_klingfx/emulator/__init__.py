@@ -12,8 +12,8 @@ What it emulates:
 
 * ``POST /v2/video/generations`` (and the legacy ``/v2/generate/video/kling/generation``): bearer
   key (default ``emulator-key`` or ``$KLINGFX_EMULATOR_API_KEY``), the vendor schema's validation
-  plus the documented image counts (hug, kiss, heart_gesture: exactly 2; squish, expansion: 1;
-  others 1 or 2), an optional credit budget (403 when spent); it answers 200 (201 on the legacy
+  plus Kling's image counts (hug, kiss, heart_gesture: exactly 2; every other scene: 1), an
+  optional credit budget (403 when spent); it answers 200 (201 on the legacy
   path) with ``{"id", "status": "queued", "meta": {"usage": {"credits_used", "usd_spent"}}}``;
 * ``GET`` on the same paths with ``?generation_id=``: ``queued`` -> ``generating`` -> ``completed``
   or ``error``, computed from a clock you can inject, with a real MP4 served under
@@ -55,7 +55,7 @@ What it emulates:
 * Kling's limits on photos (``check_images``, default on; the CLI's ``--no-check-images`` turns
   it off): every photo the emulator obtains is checked by
   :func:`airflow_provider_klingfx.images.check_image`, the same code the operator uses: JPEG or PNG
-  by content, at most 10 MiB, each side at least 300 px, aspect ratio within 2.5:1. A photo
+  by content, at most 10 MB (10,000,000 bytes), each side at least 300 px, aspect ratio within 2.5:1. A photo
   breaking one makes the generation report ``queued``, ``generating``, then ``error`` (no video)
   with ``{"detail": [{"loc": ["body", "image_url"(, index when image_url was an array)], "msg":
   "image N (<url>) is ...", "type": "image_validation_error", "input": <url>}]}`` or, with
@@ -103,7 +103,7 @@ shape: ``{"detail": [{"loc": ["body", "image_url"], "msg": "Could not detect fac
 render such an image normally.
 
 Input images are downloaded by the emulator over http(s), their URLs sent byte for byte (5 s
-timeout; it reads no more than ``max_image_bytes``, 10 MiB, plus one byte of each), so presigned
+timeout; it reads no more than ``max_image_bytes``, 10 MB, plus one byte of each), so presigned
 URLs (S3, GCS...) work as they do with the vendor; one that can't be downloaded, or (with
 ``check_images`` off) can't be decoded, is replaced by a placeholder frame naming the scene. Image
 URLs reach its logs as ``redact_url`` shows them: never a query (a presigned URL's signature) nor

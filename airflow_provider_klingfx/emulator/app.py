@@ -146,7 +146,7 @@ _URI_RE = re.compile(
 )
 _SCENE_SET = frozenset(EFFECT_SCENES)
 #: The largest request body the API routes read (aiohttp's default is 1 MiB): room for two photos
-#: as ``data:`` URIs even past the 10 MiB limit (base64 adds a third), so that an over-size photo is
+#: as ``data:`` URIs even past the 10 MB limit (base64 adds a third), so that an over-size photo is
 #: answered by the size rule rather than a 413.
 MAX_BODY_BYTES = 64 * 1024 * 1024
 # A data: URI inside free text (a validation message): only ever shown through redact_url. Not one
@@ -361,11 +361,11 @@ class EmulatorConfig:
     :param image_timeout: seconds allowed to download one input image.
     :param max_image_bytes: the most the emulator downloads of one input image: it stops reading
         one byte past it (or at once, when ``Content-Length`` says more). A bigger photo fails the
-        generation by the size rule when ``check_images`` is on and it is over Kling's 10 MiB (with
-        the default, 10 MiB, it always is); otherwise it gets the placeholder frame.
+        generation by the size rule when ``check_images`` is on and it is over Kling's 10 MB (with
+        the default, 10 MB, it always is); otherwise it gets the placeholder frame.
     :param check_images: check every input photo the emulator obtains against Kling's published
         limits (:func:`airflow_provider_klingfx.images.check_image`: JPEG or PNG by content, at most
-        10 MiB, each side at least 300 px, aspect ratio within 2.5:1), as the vendor does. A photo
+        10 MB, each side at least 300 px, aspect ratio within 2.5:1), as the vendor does. A photo
         breaking one makes the generation end in ``error`` (after ``queued`` and ``generating``, as
         usual; no video) with an image-validation error in ``error_shape``. Photos are only
         checked once obtained: a photo that cannot be downloaded at all (refused connection,

@@ -618,8 +618,9 @@ class KlingFxHook(BaseHook):
                             "the photo check does not follow: give the URL it redirects to"
                         )
                     if resp.status_code >= 400:
+                        # The start of the body: a store says there why (SignatureDoesNotMatch, ...).
                         raise _api.error_from_response(
-                            resp.status_code, b"", resp.headers, method="GET", path=path
+                            resp.status_code, resp.raw.read(2000), resp.headers, method="GET", path=path
                         )
                     data = bytearray()
                     for chunk in resp.iter_content(64 * 1024):

@@ -26,6 +26,7 @@ from airflow_provider_klingfx.domain import (
     MAX_PRESIGN_SECONDS,
     PHOTO_URL,
     STANDARD_EFFECTS_MODEL,
+    TWO_PERSON_SCENES,
     EffectRequest,
     GenerationError,
     KlingFxAPIError,
@@ -34,6 +35,7 @@ from airflow_provider_klingfx.domain import (
     KlingFxError,
     KlingFxGenerationFailedError,
     KlingFxInvalidInputError,
+    KlingFxReattachElsewhereError,
     KlingFxRetryWouldResubmitError,
     KlingFxTimeoutError,
     Usage,
@@ -205,7 +207,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     and, on failure, ``error`` (why) feed the Kling video tab and gallery.
 
     A vendor-side failure (``status: error``, e.g. no face found) fails the task without retries:
-    the same photo would fail again and each try is paid.
+    the same photos would fail again.
 
     :param effect_scene: the scene, e.g. ``hug``, ``kiss``, ``heart_gesture`` (two photos), ``squish``,
         ``expansion`` (one photo), or any of the 80 names in
@@ -329,6 +331,10 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         if not isinstance(stored, dict) or not stored.get("generation_id"):
             return None
         gen_id = str(stored["generation_id"])
+        made_at, now_at = stored.get("api"), hook.settings.create_url
+        if made_at and made_at != now_at:
+            # The API there would not know the id (404), which would look like a reason to pay again.
+            raise KlingFxReattachElsewhereError(gen_id, str(made_at), now_at, self.klingfx_conn_id)
         if stored.get("request") != request.fingerprint():
             self.log.info(
                 "Not reusing generation %s from an earlier try: the request changed since (scene, "
@@ -386,16 +392,14 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         )
         submission = hook.submit(sendable, client_request_id=trace_id)
         self.log.info("Submitted generation %s", submission.id)
-        record = {
+        return {
             "generation_id": submission.id,
             "submitted_at": time.time(),
             "request": request.fingerprint(),
             "usage": submission.usage.to_dict() if submission.usage else None,
+            # Where it was made: a retry whose connection points elsewhere must not pay again.
+            "api": hook.settings.create_url,
         }
-        store = _task_state_store(context)
-        if store is not None:
-            store.set(STATE_STORE_KEY, record)
-        return record
 
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
@@ -409,9 +413,16 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request))
         require_allowed(request, parse_allowed_locations(self.allowed_photo_locations))
         require_sendable(request, inline_base64=self.inline_base64_images)
+        if request.duration == 10 and request.effect_scene not in TWO_PERSON_SCENES:
+            self.log.warning(
+                "Kling's spec allows 10 s only for the two-photo scenes (hug, kiss, heart_gesture); the "
+                "AI/ML API's schema allows it for %s too, but the vendor may fail it: use 5 if it does",
+                request.effect_scene,
+            )
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
         record = self._reattach(context, hook, request)
+        submitted = record is None
         if record is not None:
             # The earlier try that paid for it checked these very photos (same fingerprint).
             context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request, checked=True))
@@ -420,6 +431,11 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         gen_id = str(record["generation_id"])
         self._generation_id = gen_id
         with self._paid_generation(context, gen_id):
+            store = _task_state_store(context)
+            if submitted and store is not None:
+                # Inside the guard: if the record cannot be written, a retry could not find this paid
+                # generation, so the failure must not be retried (the guard says so, naming it).
+                store.set(STATE_STORE_KEY, record)
             started_at = time.time()
             submitted_at = float(record.get("submitted_at") or started_at)
             submission_usage = Usage.from_dict(record.get("usage"))
@@ -457,15 +473,28 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             )
         raise AssertionError("defer() raises")  # pragma: no cover
 
+    @staticmethod
+    def _recorded(context: Context, generation_id: str) -> bool:
+        """Whether a retry will find ``generation_id`` in ``task_state_store`` (Airflow 3.3+)."""
+        store = _task_state_store(context)
+        if store is None:
+            return False
+        try:
+            stored = store.get(STATE_STORE_KEY)
+        except Exception:
+            return False  # the store itself fails: a retry could not read it either
+        return isinstance(stored, dict) and str(stored.get("generation_id")) == generation_id
+
     @contextmanager
     def _paid_generation(self, context: Context, generation_id: str | None) -> Iterator[None]:
-        """Wrap what happens after a paid submission: on Airflow 3.1/3.2 no failure may be retried.
+        """Wrap what happens after a paid submission: no failure may be retried unless the retry can
+        find what was paid for.
 
-        There a task retry cannot find the generation an earlier try paid for (no
-        ``task_state_store``) and would submit a new one, so a failure Airflow would retry (a
-        timeout, a download error, an API error, ``execution_timeout``, the trigger's own failure)
-        fails the task without retries, naming the generation. On 3.3+ failures pass unchanged: the
-        retry reattaches for free.
+        A retry reattaches only to a generation recorded in ``task_state_store`` (Airflow 3.3+). Where
+        it is not recorded (Airflow 3.1/3.2 have no store; or writing the record failed), a retry would
+        submit and pay for a new one, so a failure Airflow would retry (a timeout, a download error, an
+        API error, ``execution_timeout``, the trigger's own failure) fails the task without retries,
+        naming the generation. Where it is recorded, failures pass unchanged: the retry reattaches.
 
         :param context: the task's context.
         :param generation_id: the paid generation, when known.
@@ -474,7 +503,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             yield
         except (Exception, AirflowTaskTimeout) as exc:
             retryable = not isinstance(exc, AirflowFailException | AirflowSkipException)
-            if not retryable or generation_id is None or _task_state_store(context) is not None:
+            if not retryable or generation_id is None or self._recorded(context, generation_id):
                 raise
             if isinstance(exc, AirflowTaskTimeout):
                 self.on_kill()  # Airflow calls it for the timeout it sees; it will see this error instead

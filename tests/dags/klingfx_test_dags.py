@@ -156,3 +156,61 @@ with DAG(
     KlingFxEffectOperator.partial(task_id="squish", effect_scene="squish", poll_interval=0.2).expand_kwargs(
         photos()
     )
+
+
+class _SetFails:
+    """A ``task_state_store`` whose ``set`` fails (an Airflow API hiccup); reads pass through."""
+
+    def __init__(self, store):
+        self._store = store
+
+    def set(self, key, value):
+        raise RuntimeError("the task state store did not answer")
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+class _StoreFailsOnTheFirstTry(KlingFxEffectOperator):
+    def execute(self, context):
+        store = context.get("task_state_store")
+        if store is not None and context["ti"].try_number == 1:
+            context["task_state_store"] = _SetFails(store)
+        return super().execute(context)
+
+
+class _ConnectionMovesAfterTheFirstTry(KlingFxEffectOperator):
+    """From the second try on, the task's connection names another API (as if an admin edited it)."""
+
+    def execute(self, context):
+        if context["ti"].try_number > 1:
+            self.klingfx_conn_id = "klingfx_moved"
+        return super().execute(context)
+
+
+with DAG(
+    dag_id="test_klingfx_paying_once_at_the_edges",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"photo": Param("https://example.invalid/p.png", type="string")},
+):
+    # The record of the paid generation cannot be written: a retry could not find it.
+    _StoreFailsOnTheFirstTry(
+        task_id="store_fails",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        poll_interval=0.2,
+        retries=2,
+        retry_delay=timedelta(seconds=0.5),
+    )
+    # The first try times out (1 s for a longer generation); the retry's connection points elsewhere.
+    _ConnectionMovesAfterTheFirstTry(
+        task_id="connection_moves",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        poll_interval=0.2,
+        timeout=1,
+        retries=2,
+        retry_delay=timedelta(seconds=0.5),
+    )

@@ -273,7 +273,7 @@ async def test_photos_that_cannot_be_downloaded_keep_the_placeholder(
     make_emulator: MakeEmu, photos: PhotoServer
 ) -> None:
     emu = await make_emulator(render="eager")
-    gen_id = await emu.submit(emu.body("magic_fireball", [photos.url("/p/missing.png"), refused_url()]))
+    gen_id = await emu.submit(emu.body("hug", [photos.url("/p/missing.png"), refused_url()]))
     answer = await finish(emu, gen_id)
     assert answer["status"] == "completed", answer
     assert (await described(emu, gen_id))["fallback_images"] == [0, 1]
@@ -294,7 +294,7 @@ async def test_the_placeholder_frame_is_what_a_missing_photo_renders(
 async def test_check_images_off_renders_what_it_can(make_emulator: MakeEmu, photos: PhotoServer) -> None:
     emu = await make_emulator(render="eager", check_images=False)
     narrow, page = photos.put("narrow", picture(299, 600)), photos.put("page", HTML, "text/html")
-    gen_id = await emu.submit(emu.body("magic_fireball", [narrow, page]))
+    gen_id = await emu.submit(emu.body("hug", [narrow, page]))
     assert (await finish(emu, gen_id))["status"] == "completed"
     about = await described(emu, gen_id)
     assert about["fallback_images"] == [1]  # the HTML page; the narrow photo was used

@@ -131,7 +131,8 @@ def test_each_photo_rule_fails_its_task_before_any_api_request(airflow, fresh_em
         "test_klingfx_photos", {"photos": [str(big)], "inline": True, "check_urls": False}
     )
     assert result.state == "failed"
-    assert f"image 1 (file://{big}) is 11.5 MB: Kling takes photos of at most 10 MB" in result.output
+    size = big.stat().st_size
+    assert f"image 1 (file://{big}) is {size:,} bytes: Kling takes photos of at most 10 MB" in result.output
     assert fresh_emulator.stats()["requests"] == []
 
 

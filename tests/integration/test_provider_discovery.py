@@ -90,6 +90,7 @@ def test_the_ui_connection_form_shows_every_field_on_this_airflow(airflow):
         "expected_seconds",
         "poll_coordination",
         "max_polls_per_second",
+        "allow_private_hosts",
     }
     assert extra["endpoint"]["schema"]["enum"] == ["universal", "legacy"]
     assert extra["poll_schedule"]["schema"]["enum"] == list(_api.POLL_SCHEDULES)

@@ -12,9 +12,9 @@ import urllib.request
 
 import pytest
 
-from airflow_provider_klingfx.emulator import FaultRule
+from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import REPO, airflow_version
-from tests.conftest import configured
+from tests.conftest import API_KEY, configured
 
 pytestmark = pytest.mark.airflow_run
 
@@ -105,3 +105,31 @@ def test_a_secrets_backend_hiccup_is_retried_not_called_a_missing_connection(
     assert "KlingFxConnectionLookupError: could not read connection 'klingfx_default'" in result.output
     assert "is not defined" not in result.output
     assert fresh_emulator.stats()["submissions"] == 1
+
+
+@pytest.mark.skipif(not REATTACHES, reason="Airflow 3.1/3.2 have no task_state_store")
+def test_the_edges_of_paying_once_a_record_that_cannot_be_written_and_a_connection_that_moved(
+    airflow, fresh_emulator
+):
+    """Two tasks, each paid once: the record of one cannot be written (so a retry could not find it);
+    the other's retry finds its record, but the connection now names another API, which would not
+    know the id (404) and be paid again."""
+    elsewhere = EmulatorConfig(api_key=API_KEY, queued_seconds=0, generating_seconds=0, render="off")
+    with run_emulator_in_thread(elsewhere) as moved, configured(fresh_emulator, generating_seconds=2.5):
+        conn = {"conn_type": "klingfx", "host": moved.url, "password": API_KEY}
+        result = airflow.dags_test(
+            "test_klingfx_paying_once_at_the_edges",
+            {"photo": photo(fresh_emulator)},
+            env={"AIRFLOW_CONN_KLINGFX_MOVED": json.dumps(conn)},
+        )
+        assert moved.stats()["submissions"] == 0
+    states = result.task_states
+    assert states == {("store_fails", -1): "failed", ("connection_moves", -1): "failed"}, result.output[
+        -5000:
+    ]
+    stats = fresh_emulator.stats()
+    assert stats["submissions"] == 2  # one per task, no more
+    assert "RuntimeError: the task state store did not answer. Not retrying" in result.output
+    made_at = f"{fresh_emulator.url}/v2/video/generations"
+    assert f"was made at {made_at}, but connection 'klingfx_moved' now points at {moved.url}" in result.output
+    assert "not submitting (and paying) again" in result.output

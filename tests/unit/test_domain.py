@@ -74,9 +74,15 @@ def test_two_person_scenes_need_exactly_two_images(scene, images):
         EffectRequest.build(scene, images)
 
 
-@pytest.mark.parametrize("scene", sorted(ONE_SUBJECT_SCENES))
-def test_single_subject_scenes_need_exactly_one_image(scene):
-    with pytest.raises(KlingFxInvalidInputError, match=rf"'{scene}' takes 1 image, got 2"):
+@pytest.mark.parametrize(
+    "scene", [*sorted(ONE_SUBJECT_SCENES), "santa_hug", "siblings", "fight", "girlfriend"]
+)
+def test_every_scene_but_the_two_person_ones_needs_exactly_one_image(scene):
+    # Kling's effects spec: only hug, kiss and heart_gesture are dual-image effects, whatever a name says.
+    with pytest.raises(
+        KlingFxInvalidInputError,
+        match=rf"'{scene}' takes 1 image \(only hug, kiss and heart_gesture take two\), got 2",
+    ):
         EffectRequest.build(scene, [A, B])
 
 
