@@ -27,7 +27,8 @@ PYTEST_MARKERS ?= not deployment
 # `make drift`: a throwaway venv of the newest releases that resolve (minus the known exclusions),
 # and the tests that show first when a dependency breaks Airflow or the provider.
 DRIFT_VENV ?= .venv-drift-$(AIRFLOW_VERSION)-py$(PY_VERSION)
-DRIFT_TESTS ?= tests/integration/test_provider_discovery.py tests/integration/test_example_dags.py
+DRIFT_TESTS ?= tests/integration/test_provider_discovery.py tests/integration/test_example_dags.py \
+	-k "discovery or parse or one_photo or mapping or chain"
 
 .PHONY: help venv deploy-venv servers browser demo test test-deployment test-production lint typecheck pytest \
 	bench emulator constraints drift clean
