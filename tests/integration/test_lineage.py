@@ -82,7 +82,11 @@ def test_each_mapped_generation_names_its_s3_photo_and_its_saved_video(
             "videos": "s3://aws_moto@videos/lineage",
             "scene": "squish",
         },
-        env={**s3["env"], **ol_env(events)},
+        env={
+            **s3["env"],
+            **ol_env(events),
+            "AIRFLOW_VAR_KLINGFX_PHOTO_LOCATIONS": "s3://aws_moto@lineage-photos/people/",
+        },
     )
     assert result.returncode == 0 and result.state == "success", result.output[-6000:]
 
