@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_klingfx.emulator import (
+from klingfx_emulator import (
     EmulatorConfig,
     FaultRule,
     RunningEmulator,

@@ -18,8 +18,8 @@ from airflow_provider_klingfx.domain import (
     KlingFxTimeoutError,
     KlingFxTransportError,
 )
-from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
+from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
 from tests.conftest import API_KEY, faults
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)

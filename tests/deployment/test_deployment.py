@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY
 from tests.deployment.harness import Deployment

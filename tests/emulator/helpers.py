@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from airflow_provider_klingfx.emulator import EmulatorState
-from airflow_provider_klingfx.emulator.__main__ import main
+from klingfx_emulator import EmulatorState
+from klingfx_emulator.cli import main
 
 # The key ``make_emulator`` configures unless a test module overrides the ``emulator_api_key`` fixture.
 API_KEY = "test-key-1c0ffee"
@@ -136,13 +136,13 @@ def cli_help_text(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def start_cli(*args: str, api_key: str) -> subprocess.Popen[str]:
-    """Start ``python -m airflow_provider_klingfx.emulator --port 0 *args`` with ``api_key``.
+    """Start ``python -m klingfx_emulator --port 0 *args`` with ``api_key``.
 
     The key goes in through the environment; stdout and stderr are text pipes.
     """
     env = {**os.environ, "KLINGFX_EMULATOR_API_KEY": api_key}
     return subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_klingfx.emulator", "--port", "0", *args],
+        [sys.executable, "-m", "klingfx_emulator", "--port", "0", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -33,14 +33,9 @@ import yarl
 from PIL import Image
 
 from airflow_provider_klingfx.domain import EFFECT_SCENES, TWO_PERSON_SCENES
-from airflow_provider_klingfx.emulator import (
-    EmulatorConfig,
-    FaultRule,
-    run_emulator_in_thread,
-)
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
-from airflow_provider_klingfx.emulator.app import iter_fault_rules, validate_create_body
-from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread, validate_create_body
+from klingfx_emulator.cli import build_parser, config_from_args, iter_fault_rules
+from klingfx_emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
 from tests.emulator.helpers import (
     API_KEY,
     AUTH,

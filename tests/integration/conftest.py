@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.airflow_harness import AirflowEnv
 from tests.conftest import API_KEY
 
