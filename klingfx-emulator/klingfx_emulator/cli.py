@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,6 +33,9 @@ from klingfx_emulator.config import (
 from klingfx_emulator.server import serve
 
 DEFAULT_PORT = 8765
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: How log lines look on stderr.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept data:image/...;base64,... URIs in image_url and use their bytes as the photo "
         "(default: refuse them with 422, as it is unknown whether the vendor takes them for effects)",
     )
-    p.add_argument("--log-level", default="INFO", help="logging level on stderr (default: %(default)s)")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level on stderr (default: %(default)s)",
+    )
     return p
 
 
@@ -275,6 +285,32 @@ def iter_fault_rules(raw: Sequence[str]) -> Iterator[FaultRule]:
             yield FaultRule.from_dict(item)
 
 
+@contextlib.contextmanager
+def logging_to_stderr(level: str) -> Iterator[None]:
+    """Send every log record to stderr at ``level`` for the block; then put the root logger back.
+
+    stdout must carry nothing but the LISTENING line, or a script that reads only that line would
+    leave the pipe to fill up and block the server; and importing Airflow (through the provider's
+    domain module) may have put a root handler on stdout. So the root logger's handlers are set
+    aside while the server runs, and restored afterwards: ``main()`` called in a process that goes
+    on (a test under ``capsys``) must leave no handler behind writing to a stream closed by then.
+
+    :param level: a level name, e.g. ``INFO``.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [handler]
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        handler.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code.
 
@@ -282,24 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    # force=True: importing Airflow (through the domain module) installs a root handler on stdout,
-    # and stdout must carry nothing but the LISTENING line, or a script that reads only that line
-    # would leave the pipe to fill up and block the server.
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, args.host, args.port))
-    except (RuntimeError, OSError) as exc:
-        print(f"klingfx emulator: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
+    with logging_to_stderr(args.log_level):
+        try:
+            asyncio.run(serve(config, args.host, args.port))
+        except (RuntimeError, OSError) as exc:
+            print(f"klingfx emulator: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            pass
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -121,11 +122,17 @@ MakeEmu = Callable[..., Awaitable[Emu]]
 
 
 def assert_cli_rejects(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """The command line refuses ``argv`` as argparse does: exit status 2 and an ``error:`` line."""
+    """The command line refuses ``argv`` as argparse does: exit status 2 and an ``error:`` line.
+
+    And it leaves the root logger's handlers alone: one left on capsys's stream would fail every
+    later log line of the process once the stream is closed.
+    """
+    handlers = list(logging.getLogger().handlers)
     with pytest.raises(SystemExit) as exc:
         main(["--port", "0", *argv])
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+    assert logging.getLogger().handlers == handlers
 
 
 def cli_help_text(capsys: pytest.CaptureFixture[str]) -> str:

@@ -34,7 +34,7 @@ from PIL import Image
 
 from airflow_provider_klingfx.domain import EFFECT_SCENES, TWO_PERSON_SCENES
 from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread, validate_create_body
-from klingfx_emulator.cli import build_parser, config_from_args, iter_fault_rules
+from klingfx_emulator.cli import build_parser, config_from_args, iter_fault_rules, main
 from klingfx_emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
 from tests.emulator.helpers import (
     API_KEY,
@@ -1523,11 +1523,37 @@ def test_cli_flags_for_the_vendor_variants(argv: list[str], expected: dict[str, 
         ["--usage-in", "sometimes"],
         ["--error-body", "rfc7807"],
         ["--fault", '{"action": "truncate", "route": "fetch"}'],
+        ["--log-level", "loud"],
     ],
-    ids=["no-equals", "unknown-status", "empty-word", "bad-usage-in", "bad-error-body", "truncate-on-fetch"],
+    ids=[
+        "no-equals",
+        "unknown-status",
+        "empty-word",
+        "bad-usage-in",
+        "bad-error-body",
+        "truncate-on-fetch",
+        "bad-log-level",
+    ],
 )
 def test_cli_rejects_bad_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert_cli_rejects(argv, capsys)
+
+
+def test_cli_leaves_the_root_logger_as_it_found_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() logs to stderr while it serves, then puts the root logger back: called in a process
+    that goes on (a test under capsys), it must leave no handler on a stream closed by then, where
+    the next emulator thread's access log would fail ('--- Logging error ---')."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--log-level", "debug"]) == 1  # it cannot bind the port
+    assert (list(root.handlers), root.level) == before
+    err = capsys.readouterr().err
+    assert "klingfx emulator: " in err
+    assert "Using selector" in err  # asyncio's debug line: the logs went to stderr meanwhile
 
 
 def test_cli_help_documents_the_new_flags(capsys: pytest.CaptureFixture[str]) -> None:
