@@ -107,7 +107,9 @@ a refuse outage closed); its statuses are always the canonical words, whatever t
 Requests to ``/_emulator/*`` and ``/health`` are not recorded; a dropped connection is recorded
 with ``"status": null``. ``POST /_emulator/reset`` forgets generations, videos, records and
 counters, restores the credit budget, refills the rate-limit buckets, re-arms the configured fault
-rules and brings back the configured outage windows, counted from the reset.
+rules and brings back the configured outage windows, counted from the reset. A request still in
+flight across a reset (a ``slow`` fault's) is closed without an answer and leaves no trace: no
+record, no generation, no charge.
 
 Face detection rule: the emulator has no face detector. An image "has no face" when its URL
 contains ``noface`` (case-insensitive). A two-person scene (``hug``, ``kiss``, ``heart_gesture``)

@@ -30,6 +30,9 @@ CLIENT_ID: Any = (
 )
 # The generation a create made, for the fault actions that rewrite the create's answer.
 CREATED: Any = _RequestKey("klingfx_created", object) if _RequestKey else "klingfx_created"
+# The state's reset count when the request arrived (EmulatorState.resets): a request in flight
+# across a reset must leave the new state alone.
+RESETS: Any = _RequestKey("klingfx_resets", int) if _RequestKey else "klingfx_resets"
 
 
 def _now_iso() -> str:

@@ -23,6 +23,7 @@ from klingfx_emulator.answers import (
     CLIENT_ID,
     CREATED,
     REQUEST_ID,
+    RESETS,
     create_answer,
     envelope,
     reason,
@@ -71,6 +72,7 @@ async def middleware(
     raw_client_id = request.headers.get("X-Client-Request-Id")
     client_id = raw_client_id if raw_client_id and _CLIENT_ID_RE.match(raw_client_id) else None
     request[CLIENT_ID] = client_id
+    request[RESETS] = state.resets
     # Admin and health endpoints are the observer: they are neither faulted nor recorded.
     observed = not (request.path.startswith("/_emulator/") or request.path == "/health")
     kind = route_kind(request)
@@ -109,7 +111,9 @@ async def middleware(
             resp = web.Response(status=200, text="<html>oops</html>", content_type="text/html")
         elif fault.action == "slow":
             await asyncio.sleep(fault.delay)
-            resp = await handler(request)
+            # Reset while it waited: it was the previous test's (or run's); its client has likely
+            # given up, and the state it would touch is gone.
+            resp = drop_connection(request) if is_stale(request) else await handler(request)
         elif fault.action == "truncate":
             resp = await truncated_video(request)
         elif fault.action in ("accept_without_id", "accept_unreadable"):
@@ -134,6 +138,14 @@ async def middleware(
         if not resp.prepared:  # a truncated download stamped its headers before sending them
             stamp_headers(request, resp)
         entry["status"] = resp.status
-    if observed:
+    if observed and not is_stale(request):
         state.record(entry)
     return resp
+
+
+def is_stale(request: web.Request) -> bool:
+    """Whether the state was reset since ``request`` arrived: then it must leave the state alone.
+
+    :param request: a request the middleware has seen.
+    """
+    return bool(request.app[STATE_KEY].resets != request[RESETS])

@@ -35,7 +35,7 @@ from aiohttp import ClientSession, ClientTimeout, web
 from airflow_provider_klingfx.domain import DURATIONS, PRO_EFFECTS_MODEL, TWO_PERSON_SCENES, redact_url
 from klingfx_emulator.answers import CLIENT_ID, CREATED, create_answer, envelope, error_object, usage
 from klingfx_emulator.config import API_PATHS, EmulatorConfig, FaultRule
-from klingfx_emulator.faults import middleware
+from klingfx_emulator.faults import drop_connection, is_stale, middleware
 from klingfx_emulator.state import REFUSE_UNSUPPORTED, STATE_KEY, EmulatorState, GenerationRecord
 from klingfx_emulator.validation import Problem, check_create_body, data_uri_problems, is_data_uri
 from klingfx_emulator.videos import served_size, start_prepare, start_render, video
@@ -87,6 +87,8 @@ async def _create(request: web.Request) -> web.Response:
     if limited is not None:
         return limited
     raw = await request.read()
+    if is_stale(request):  # reset while the body came in: this create belongs to the world before
+        return drop_connection(request)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):

@@ -166,6 +166,10 @@ class EmulatorState:
         self.listener: Listener | None = None
         #: Set whenever the outage windows change, to wake the refuse-outage timer.
         self.outages_changed = asyncio.Event()
+        #: How many times the state was reset. A request notes it on arrival; one still in flight
+        #: after a reset (a slow fault's, a big body's) belongs to the world before it: it changes
+        #: nothing and is not recorded, so a test never sees the previous test's requests.
+        self.resets = 0
         self._reset_data()
 
     def _reset_data(self) -> None:
@@ -197,10 +201,12 @@ class EmulatorState:
 
         Renders in flight are cancelled. The credit budget is back to ``config.credits``, the
         rate-limit buckets are full again and the outage windows are the configured ones, counted
-        from now.
+        from now. Requests in flight are not waited for (a slow fault may hold one for minutes):
+        they end without an answer and leave nothing behind (see :attr:`resets`).
         """
         for task in list(self.pending_renders):
             task.cancel()
+        self.resets += 1
         self._reset_data()
         self.outages_changed.set()
 

@@ -853,6 +853,24 @@ async def test_stats_and_reset(make_emulator: MakeEmu) -> None:
     assert (await emu.fetch(gen_id)).status == 404
 
 
+async def test_a_request_in_flight_across_a_reset_leaves_no_trace(emu: Emu) -> None:
+    """A slow create still pending when the emulator is reset (by the next test, on a shared one)
+    ends without an answer and leaves nothing in the state after the reset: no record, no
+    generation, no charge."""
+    emu.state.set_faults([FaultRule("slow", route="create", delay=0.5)])
+    pending = asyncio.ensure_future(emu.create())
+    for _ in range(500):  # until the middleware holds it (its fault fired), at most 5 s
+        if emu.state.faults_injected:
+            break
+        await asyncio.sleep(0.01)
+    emu.state.reset()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await pending
+    stats = await emu.stats()
+    assert (stats["requests"], stats["submissions"], stats["generations"]) == ([], 0, {})
+    assert stats["credits_spent"] == 0
+
+
 async def test_many_concurrent_generations_and_polls(emu: Emu) -> None:
     ids = await asyncio.gather(*(emu.submit() for _ in range(300)))
     assert len(set(ids)) == 300
