@@ -33,9 +33,16 @@ import yarl
 from PIL import Image
 
 from airflow_provider_klingfx.domain import EFFECT_SCENES, TWO_PERSON_SCENES
-from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread, validate_create_body
+from klingfx_emulator import (
+    EmulatorConfig,
+    FaultRule,
+    RunningEmulator,
+    run_emulator_in_thread,
+    validate_create_body,
+)
 from klingfx_emulator.cli import build_parser, config_from_args, iter_fault_rules, main
 from klingfx_emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+from tests.conftest import configured
 from tests.emulator.helpers import (
     API_KEY,
     AUTH,
@@ -935,6 +942,22 @@ def test_run_in_thread_never_logs_the_key(caplog: pytest.LogCaptureFixture) -> N
     assert secret not in caplog.text
     assert "Bearer" not in caplog.text
     assert "Authorization" not in caplog.text
+
+
+def test_configured_puts_a_running_emulators_whole_config_back(emulator: RunningEmulator) -> None:
+    """What the shared emulators' fixtures rely on: every field comes back, the named ones, those
+    changed in place and those changed by other means inside the block."""
+    config = emulator.config
+    before = emulator.call(lambda: copy.deepcopy(config))
+    with configured(emulator, generating_seconds=99.0, status_words={"error": "failed"}):
+        changed = emulator.call(lambda: (config.generating_seconds, config.status_words))
+        assert changed == (99.0, {"error": "failed"})
+        emulator.call(lambda: config.faults.append(FaultRule("drop")))
+        emulator.call(lambda: setattr(config, "credits", 5))
+    assert emulator.call(lambda: config == before)
+    typo = configured(emulator, generating_second=1)  # not a new attribute nobody reads
+    with pytest.raises(TypeError, match="no field generating_second"), typo:
+        pass
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
