@@ -139,6 +139,8 @@ from klingfx_emulator.routes import create_app
 from klingfx_emulator.server import (
     ACCESS_LOG_FORMAT,
     RunningEmulator,
+    RunningServer,
+    run_app_in_thread,
     run_emulator_in_thread,
 )
 from klingfx_emulator.state import STATE_KEY, EmulatorState, GenerationRecord, ImageProblem
@@ -158,7 +160,9 @@ __all__ = [
     "ImageProblem",
     "Outage",
     "RunningEmulator",
+    "RunningServer",
     "create_app",
+    "run_app_in_thread",
     "run_emulator_in_thread",
     "validate_create_body",
 ]

@@ -18,10 +18,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Future as ConcurrentFuture
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -211,34 +211,32 @@ async def start_site(app: web.Application, host: str, port: int) -> tuple[web.Ap
     return runner, bound
 
 
-class RunningEmulator:
-    """An emulator serving from a background thread with its own event loop.
+_Running = TypeVar("_Running", bound="RunningServer")
+
+
+class RunningServer:
+    """An aiohttp application serving from a background thread with its own event loop.
 
     Use it as a context manager, or call :meth:`stop` when done.
 
     :param url: base URL, e.g. ``http://127.0.0.1:41234``.
-    :param state: the instance's state (mutated by the server thread: prefer :meth:`stats`).
+    :param loop: the thread's event loop.
+    :param thread: the thread running ``loop``.
+    :param runner: the application's runner, cleaned up by :meth:`stop`.
     """
 
     def __init__(
         self,
         url: str,
-        state: EmulatorState,
         loop: asyncio.AbstractEventLoop,
         thread: threading.Thread,
         runner: web.AppRunner,
     ) -> None:
         self.url = url
-        self.state = state
         self._loop = loop
         self._thread = thread
         self._runner = runner
         self._stopped = False
-
-    @property
-    def config(self) -> EmulatorConfig:
-        """The instance's configuration."""
-        return self.state.config
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn()`` on the server's loop thread and return its result (thread-safe access).
@@ -255,6 +253,62 @@ class RunningEmulator:
 
         self._loop.call_soon_threadsafe(run)
         return future.result(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving, clean up and join the thread. Safe to call twice.
+
+        :param timeout: seconds to wait for the shutdown.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout)
+
+    def __enter__(self: _Running) -> _Running:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RunningEmulator(RunningServer):
+    """An emulator serving from a background thread with its own event loop.
+
+    Made by :func:`run_emulator_in_thread`. Use it as a context manager, or call :meth:`stop` when
+    done.
+
+    :param url: base URL, e.g. ``http://127.0.0.1:41234``.
+    :param state: the instance's state (mutated by the server thread: prefer :meth:`stats`, or
+        read it inside :meth:`call`).
+    :param loop: the thread's event loop.
+    :param thread: the thread running ``loop``.
+    :param runner: the application's runner, cleaned up by :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        state: EmulatorState,
+        loop: asyncio.AbstractEventLoop,
+        thread: threading.Thread,
+        runner: web.AppRunner,
+    ) -> None:
+        super().__init__(url, loop, thread, runner)
+        self.state = state
+
+    @property
+    def config(self) -> EmulatorConfig:
+        """The instance's configuration."""
+        return self.state.config
 
     def stats(self) -> dict[str, Any]:
         """A consistent snapshot of the stats (same document as ``GET /_emulator/stats``)."""
@@ -280,7 +334,7 @@ class RunningEmulator:
         self.call(lambda: self.state.set_faults(rules))
 
     def reset(self) -> None:
-        """Same as ``POST /_emulator/reset``."""
+        """Same as ``POST /_emulator/reset`` (see :meth:`~klingfx_emulator.state.EmulatorState.reset`)."""
         self.call(self.state.reset)
 
     def schedule_outage(self, start_in: float, duration: float, mode: str = "503") -> Outage:
@@ -301,30 +355,40 @@ class RunningEmulator:
         """
         asyncio.run_coroutine_threadsafe(self.state.wait_for_renders(timeout), self._loop).result(timeout + 5)
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop serving, clean up and join the thread. Safe to call twice.
 
-        :param timeout: seconds to wait for the shutdown.
-        """
-        if self._stopped:
-            return
-        self._stopped = True
+def _serve_in_thread(
+    start: Callable[[], Awaitable[tuple[web.AppRunner, int]]], *, name: str, startup_timeout: float
+) -> tuple[asyncio.AbstractEventLoop, threading.Thread, web.AppRunner, int]:
+    """Run ``start()`` on a new event loop in a daemon thread, then that loop until it is stopped.
+
+    :param start: starts the server on the thread's loop; returns its runner and bound port.
+    :param name: the thread's name.
+    :param startup_timeout: seconds to wait for ``start()``.
+    :returns: the loop, the thread, the runner and the bound port, once ``start()`` returned.
+    """
+    loop = asyncio.new_event_loop()
+    started: ConcurrentFuture[tuple[web.AppRunner, int]] = ConcurrentFuture()
+
+    def run() -> None:
+        asyncio.set_event_loop(loop)
         try:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout)
+            started.set_result(loop.run_until_complete(start()))
+        except BaseException as exc:
+            started.set_exception(exc)
+            loop.close()
+            return
+        try:
+            loop.run_forever()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout)
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
 
-    def __enter__(self) -> RunningEmulator:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    runner, bound = started.result(startup_timeout)
+    return loop, thread, runner, bound
 
 
 def run_emulator_in_thread(
@@ -346,29 +410,40 @@ def run_emulator_in_thread(
     :raises OSError: if the address can't be bound.
     """
     app = create_app(config, clock=clock)
-    loop = asyncio.new_event_loop()
-    started: ConcurrentFuture[tuple[web.AppRunner, int]] = ConcurrentFuture()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            started.set_result(loop.run_until_complete(start_site(app, host, port)))
-        except BaseException as exc:
-            started.set_exception(exc)
-            loop.close()
-            return
-        try:
-            loop.run_forever()
-        finally:
-            with contextlib.suppress(Exception):
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
-
-    thread = threading.Thread(target=serve, name="klingfx-emulator", daemon=True)
-    thread.start()
-    runner, bound = started.result(startup_timeout)
+    loop, thread, runner, bound = _serve_in_thread(
+        lambda: start_site(app, host, port), name="klingfx-emulator", startup_timeout=startup_timeout
+    )
     return RunningEmulator(format_url(host, bound), app[STATE_KEY], loop, thread, runner)
+
+
+def run_app_in_thread(
+    app: web.Application, *, host: str = "127.0.0.1", port: int = 0, startup_timeout: float = 30.0
+) -> RunningServer:
+    """Serve another aiohttp application the way :func:`run_emulator_in_thread` serves the emulator.
+
+    For the servers a test needs beside the emulator (a photo host, say), so that one piece of code
+    runs servers in threads. Logs requests with the emulator's header-free access log format.
+
+    :param app: the application.
+    :param host: address to bind (default loopback only).
+    :param port: port to bind; 0 (default) picks a free one, see :attr:`RunningServer.url`.
+    :param startup_timeout: seconds to wait for the server to listen.
+    :raises OSError: if the address can't be bound.
+    """
+
+    async def start() -> tuple[web.AppRunner, int]:
+        runner = web.AppRunner(app, access_log_format=ACCESS_LOG_FORMAT, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return runner, int(runner.addresses[0][1])
+
+    loop, thread, runner, bound = _serve_in_thread(start, name="aiohttp-app", startup_timeout=startup_timeout)
+    return RunningServer(format_url(host, bound), loop, thread, runner)
 
 
 async def serve(config: EmulatorConfig, host: str, port: int) -> None:
