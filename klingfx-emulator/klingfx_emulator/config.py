@@ -164,7 +164,13 @@ def _default_api_key() -> str:
 
 
 def as_number(value: object, name: str) -> float:
-    # JSON booleans are not numbers here, though Python would take them for 0 and 1.
+    """``value`` as a float, if it is a finite int or float (JSON booleans are not numbers here,
+    though Python would take them for 0 and 1).
+
+    :param value: the value to check.
+    :param name: what it is, for the error message.
+    :raises ValueError: if it is not a finite number.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)

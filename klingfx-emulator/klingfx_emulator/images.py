@@ -48,6 +48,8 @@ class Download:
 async def download_image(state: EmulatorState, url: str) -> Download | None:
     """Download one input image, reading at most ``max_image_bytes`` + 1 bytes of it.
 
+    :param state: the emulator's state (its HTTP client, download slots and config).
+    :param url: the photo's URL, sent byte for byte.
     :returns: what was read (see :class:`Download`), or None if it can't be had at all (not
         http(s), unreachable, an HTTP status other than 200, a timeout): the render uses a
         placeholder then, and no rule is checked.
@@ -95,6 +97,9 @@ async def prepare_photos(state: EmulatorState, gen: GenerationRecord) -> None:
 
     Sets ``gen.inputs`` (the photos to render, None for a placeholder) or, when a photo breaks a
     rule, ``gen.image_error`` (the first such photo in request order; nothing is kept then).
+
+    :param state: the emulator's state.
+    :param gen: the generation whose photos to obtain.
     """
     got = await asyncio.gather(*(_obtain_photo(state, gen, i) for i in range(len(gen.image_urls))))
     gen.data_photos.clear()

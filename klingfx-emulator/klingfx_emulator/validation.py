@@ -80,6 +80,7 @@ def _scrub_value(value: Any) -> Any:
 
 
 def is_data_uri(url: str) -> bool:
+    """Whether ``url`` is a ``data:`` URI (any case, leading blanks ignored)."""
     return url.lstrip()[:5].lower() == "data:"
 
 

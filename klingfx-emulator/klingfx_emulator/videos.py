@@ -74,12 +74,14 @@ def start_prepare(state: EmulatorState, gen: GenerationRecord) -> None:
 
 
 def start_render(state: EmulatorState, gen: GenerationRecord) -> asyncio.Task[None]:
+    """The generation's render task, started now unless it was already (downloads share it)."""
     if gen.render_task is None:
         gen.render_task = _track(state, _render_video(state, gen))
     return gen.render_task
 
 
 def served_size(state: EmulatorState, gen: GenerationRecord) -> int | None:
+    """The size of the MP4 a download would get (``None`` until a lazy render has run)."""
     if state.config.render == "off":
         return len(state.tiny_video) if state.tiny_video is not None else None
     return gen.file_size
@@ -109,6 +111,7 @@ async def _video_source(request: web.Request) -> bytes | Path | web.Response:
 
 
 async def video(request: web.Request) -> web.StreamResponse:
+    """``GET /files/<uuid>/output.mp4``: the generation's MP4 once it is completed, else 404."""
     source = await _video_source(request)
     if isinstance(source, web.Response):
         return source
