@@ -5,6 +5,10 @@
 # Every install takes its versions from constraints/<Airflow>/constraints-<Python>.txt, as Airflow's
 # docs ask: known-good pins kept in this repository (`make constraints` regenerates them), so a new
 # release of some dependency cannot break a supported line. `make drift` checks the newest releases.
+#
+# The repository holds two distributions, both installed editable from the working tree: the provider
+# (.) and the emulator of the API (klingfx-emulator/), which the provider's `emulator` extra (pulled in
+# by `test` and `dev`) requires: given as an editable, uv takes it instead of looking for a release.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,6 +24,7 @@ EXCLUSIONS := $(wildcard constraints/exclusions-$(AIRFLOW_LINE).txt)
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)-py$(PY_VERSION)
 DEPLOY_STAMP := $(VENV)/.installed-deploy-$(AIRFLOW_VERSION)-py$(PY_VERSION)
 UV_INSTALL = $(BIN)/uv pip install --python $(BIN)/python --quiet -c $(CONSTRAINTS)
+EMULATOR := ./klingfx-emulator
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
 # `make test` leaves out the tests that start a whole Airflow deployment (several minutes each);
 # CI runs them too, with `make test-deployment`.
@@ -49,12 +54,12 @@ $(CONSTRAINTS):
 	@exit 1
 
 # A venv made with another Python than $(PYTHON) is made again.
-$(STAMP): pyproject.toml $(CONSTRAINTS)
+$(STAMP): pyproject.toml $(EMULATOR)/pyproject.toml $(CONSTRAINTS)
 	if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')" != "$(PY_VERSION)" ]; then \
 		rm -rf $(VENV); fi
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(UV_INSTALL) -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(UV_INSTALL) -e ".[dev]" -e $(EMULATOR) "apache-airflow==$(AIRFLOW_VERSION)"
 	rm -f $(VENV)/.installed-airflow-* $(VENV)/.installed-deploy-*
 	touch $@
 
@@ -63,7 +68,7 @@ venv: $(STAMP)
 # The Python side of the production-shaped deployment: the `deploy` extra (Celery, Redis, PostgreSQL
 # drivers) on top of the dev install.
 $(DEPLOY_STAMP): $(STAMP)
-	$(UV_INSTALL) -e ".[dev,deploy]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(UV_INSTALL) -e ".[dev,deploy]" -e $(EMULATOR) "apache-airflow==$(AIRFLOW_VERSION)"
 	touch $@
 
 deploy-venv: $(DEPLOY_STAMP)
@@ -123,14 +128,15 @@ demo: venv
 	$(BIN)/python scripts/demo.py
 
 emulator: venv
-	$(BIN)/python -m airflow_provider_klingfx.emulator
+	$(BIN)/python -m klingfx_emulator
 
 bench: venv
-	$(UV_INSTALL) -e ".[dev,bench]" "apache-airflow==$(AIRFLOW_VERSION)"
+	$(UV_INSTALL) -e ".[dev,bench]" -e $(EMULATOR) "apache-airflow==$(AIRFLOW_VERSION)"
 	$(BIN)/python benchmarks/run.py
 
-# Regenerate the pins (all supported Airflow versions and Pythons unless narrowed), from pyproject.toml's
-# extras and constraints/exclusions-*.txt. Run .ci/run before committing the result.
+# Regenerate the pins (all supported Airflow versions and Pythons unless narrowed), from both
+# pyproject.toml files (the provider's extras, the emulator's dependencies) and
+# constraints/exclusions-*.txt. Run .ci/run before committing the result.
 AIRFLOW_VERSIONS ?=
 PYTHONS ?=
 UV_TOOL := .venv-uv/bin/uv
@@ -150,7 +156,7 @@ drift:
 	$(PYTHON) -m venv $(DRIFT_VENV)
 	$(DRIFT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(DRIFT_VENV)/bin/uv pip install --python $(DRIFT_VENV)/bin/python --quiet --upgrade \
-		$(if $(EXCLUSIONS),-c $(EXCLUSIONS)) -e ".[dev]" "apache-airflow==$(AIRFLOW_VERSION)"
+		$(if $(EXCLUSIONS),-c $(EXCLUSIONS)) -e ".[dev]" -e $(EMULATOR) "apache-airflow==$(AIRFLOW_VERSION)"
 	$(DRIFT_VENV)/bin/python scripts/constraints.py --diff $(CONSTRAINTS)
 	$(DRIFT_VENV)/bin/python -m pytest -p no:cacheprovider --basetemp="$$(mktemp -d -t klingfx-drift-XXXXXX)" \
 		-n 2 --dist loadfile $(DRIFT_TESTS) \
@@ -158,4 +164,4 @@ drift:
 		"the packages above differ from $(CONSTRAINTS)." >&2; exit 1; }
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info $(EMULATOR)/dist

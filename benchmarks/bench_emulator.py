@@ -1,7 +1,7 @@
-"""The package's emulator in its own process, instrumented for the benchmarks (no package change).
+"""The emulator (klingfx-emulator) in its own process, instrumented for the benchmarks (no change to it).
 
 ``python -m benchmarks.bench_emulator [emulator options]`` serves :func:`create_app` exactly as
-``python -m airflow_provider_klingfx.emulator`` does, with three additions that only observe:
+``python -m klingfx_emulator`` does, with three additions that only observe:
 
 * the state machine runs on the epoch clock (``time.time``), so a generation's completion time
   (``ready_at``) can be compared with timestamps in Airflow's metadata database;
@@ -32,8 +32,8 @@ from typing import Any
 
 from aiohttp import web
 
-from airflow_provider_klingfx.emulator import STATE_KEY, EmulatorConfig, create_app
-from airflow_provider_klingfx.emulator.app import ACCESS_LOG_FORMAT, API_PATHS
+from klingfx_emulator import ACCESS_LOG_FORMAT, STATE_KEY, EmulatorConfig, create_app
+from klingfx_emulator.config import API_PATHS
 
 
 class Recorder:

@@ -24,7 +24,7 @@ RUNTIME_MODULES = ("airflow_provider_klingfx.hooks.klingfx", "airflow_provider_k
 OPERATOR_MODULE = "airflow_provider_klingfx.operators.klingfx"
 #: Modules a DAG file must not pay for: imported only where a task or trigger uses them.
 HEAVY = ("aiohttp", "av", "PIL", "tenacity", "requests", "airflow_provider_klingfx.hooks.klingfx",
-         "airflow_provider_klingfx.triggers.klingfx", "airflow_provider_klingfx.emulator")  # fmt: skip
+         "airflow_provider_klingfx.triggers.klingfx", "klingfx_emulator")  # fmt: skip
 INSIDE = f"""
 import sys, time, json
 t0 = time.perf_counter()

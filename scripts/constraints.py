@@ -6,8 +6,10 @@ break an install made later. Those files live in Airflow's repository, which CI 
 this project keeps its own: one file per supported Airflow version and Python, resolved with uv from
 
 - ``apache-airflow==<version>``,
-- every extra this repository installs (``dev``, ``deploy``, ``bench``), so the Makefile,
-  CI and the benchmarks all install from the same pins,
+- the repository's two distributions as the Makefile installs them, editable from the working tree:
+  the provider (``pyproject.toml``) with every extra this repository installs (``dev``, ``deploy``,
+  ``bench``), and the emulator (``klingfx-emulator/pyproject.toml``), which the provider's
+  ``emulator`` extra requires; so the Makefile, CI and the benchmarks all install from the same pins,
 - ``constraints/exclusions-<major.minor>.txt``: releases known to break that Airflow line, each with
   the reason (for example ``cryptography<51`` on 3.1).
 
@@ -34,6 +36,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "constraints"
+#: The emulator's source tree: a distribution of its own, required by the provider's ``emulator`` extra.
+EMULATOR = ROOT / "klingfx-emulator"
 
 #: The supported Airflow lines, each at the patch release CI tests, and the Pythons each is pinned for.
 AIRFLOW_VERSIONS = ("3.1.8", "3.2.2", "3.3.2")
@@ -67,7 +71,10 @@ def compile_one(airflow: str, python: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         requirements = Path(tmp) / "requirements.in"
-        requirements.write_text(f"apache-airflow=={airflow}\n")
+        # Both trees as editables, not as bare pyproject.toml sources: uv would then look for
+        # klingfx-emulator (the provider's `emulator` extra) and airflow-provider-klingfx (the
+        # emulator's dependency) in the package registry, where the working tree's versions are not.
+        requirements.write_text(f"apache-airflow=={airflow}\n-e {ROOT}[{','.join(EXTRAS)}]\n-e {EMULATOR}\n")
         raw = Path(tmp) / "out.txt"
         cmd = [
             uv(),
@@ -79,9 +86,7 @@ def compile_one(airflow: str, python: str) -> Path:
             "--no-header",
             "--no-annotate",
             "--strip-extras",
-            str(ROOT / "pyproject.toml"),
             str(requirements),
-            *(arg for extra in EXTRAS for arg in ("--extra", extra)),
             *(arg for own in OWN for arg in ("--no-emit-package", own)),
             "-o",
             str(raw),

@@ -41,7 +41,7 @@ def start_emulator() -> tuple[subprocess.Popen[str], str]:
         [
             sys.executable,
             "-m",
-            "airflow_provider_klingfx.emulator",
+            "klingfx_emulator",
             "--port",
             "0",
             "--api-key",

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import pytest
 
-from airflow_provider_klingfx.emulator import (
+from klingfx_emulator import (
     EmulatorConfig,
     FaultRule,
     RunningEmulator,
@@ -36,11 +38,13 @@ def emulator_server() -> Iterator[RunningEmulator]:
 
 @pytest.fixture
 def emulator(emulator_server: RunningEmulator) -> Iterator[RunningEmulator]:
-    """The session's emulator, with no faults and empty stats for this test."""
-    emulator_server.reset()
-    emulator_server.set_faults([])
-    yield emulator_server
-    emulator_server.set_faults([])
+    """The session's emulator, with no faults and empty stats for this test; its config is put back
+    after it, whatever the test changed (change it with :func:`configured`)."""
+    with configured(emulator_server):
+        emulator_server.reset()
+        emulator_server.set_faults([])
+        yield emulator_server
+        emulator_server.set_faults([])
 
 
 @pytest.fixture
@@ -108,15 +112,37 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             terminalreporter.write_line(line)
 
 
+CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(EmulatorConfig))
+
+
 @contextmanager
-def configured(emulator: RunningEmulator, **fields: Any) -> Iterator[RunningEmulator]:
-    """Change fields of a running emulator's config for the block, then put the old values back."""
-    old = {name: getattr(emulator.config, name) for name in fields}
-    emulator.call(lambda: [setattr(emulator.config, k, v) for k, v in fields.items()])
+def configured(emulator: RunningEmulator, **changes: Any) -> Iterator[RunningEmulator]:
+    """Change fields of a running emulator's config for the block; then put its whole config back.
+
+    The one way tests change a running emulator's config. The config is copied (deeply, on the
+    emulator's loop) before the change and restored field by field after the block, so whatever
+    the block changed in it, in place or not, is undone. With no changes it only restores: the
+    shared emulators' fixtures wrap every test in it. The emulator reads its config at each
+    request; a generation takes its durations when it is created.
+
+    :param emulator: a running emulator.
+    :param changes: config fields and their values for the block (not validated, as on a running
+        emulator: e.g. ``rate_limit=0`` turns the limit off).
+    """
+    unknown = set(changes) - CONFIG_FIELDS
+    if unknown:
+        raise TypeError(f"EmulatorConfig has no field {', '.join(sorted(unknown))}")
+    saved = emulator.call(lambda: copy.deepcopy(emulator.config))
+    emulator.call(lambda: _assign(emulator.config, changes))
     try:
         yield emulator
     finally:
-        emulator.call(lambda: [setattr(emulator.config, k, v) for k, v in old.items()])
+        emulator.call(lambda: _assign(emulator.config, vars(saved)))
+
+
+def _assign(config: EmulatorConfig, values: Mapping[str, Any]) -> None:
+    for name, value in values.items():
+        setattr(config, name, value)
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,9 @@ from airflow_provider_klingfx.domain import (
     KlingFxTimeoutError,
     KlingFxTransportError,
 )
-from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
-from tests.conftest import API_KEY, faults
+from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
+from tests.conftest import API_KEY, configured, faults
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)
 
@@ -111,28 +111,22 @@ def test_generation_ids_are_url_encoded(emulator, connection, sleeps):
 
 
 def test_legacy_statuses_count_as_pending(emulator, connection, sleeps):
-    emulator.call(lambda: setattr(emulator.config, "legacy_statuses", True))
-    try:
+    with configured(emulator, legacy_statuses=True):
         hook = make_hook(sleeps)
         gen_id = hook.submit(squish(emulator)).id
         first = hook.get_generation(gen_id)
         assert first.status in {"waiting", "active"}
         assert first.is_pending and first.is_known_status
         assert hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=30).is_completed
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "legacy_statuses", False))
 
 
 @pytest.mark.parametrize("shape", ["detail", "name_message"])
 def test_face_detection_failure_in_either_shape(emulator, connection, sleeps, shape, caplog):
-    emulator.call(lambda: setattr(emulator.config, "error_shape", shape))
-    try:
+    with configured(emulator, error_shape=shape):
         hook = make_hook(sleeps)
         gen_id = hook.submit(hug(emulator, "landscape-noface.png")).id
         with pytest.raises(KlingFxGenerationFailedError, match="Could not detect face in the image") as info:
             hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=30)
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "error_shape", "detail"))
     assert info.value.generation_id == gen_id
     assert emulator.stats()["submissions"] == 1
 
@@ -290,13 +284,10 @@ def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
         now[0] += seconds
 
     hook = KlingFxHook(retry_policy=FAST, sleep=fake_sleep, clock=clock)
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
-    try:
+    with configured(emulator, generating_seconds=3600):
         gen_id = hook.submit(squish(emulator)).id
         with pytest.raises(KlingFxTimeoutError, match=f"{gen_id} did not finish within 60s") as info:
             hook.wait_for_generation(gen_id, poll_interval=10, timeout=60)
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert info.value.last_status in {"queued", "generating"}
     assert sleeps.calls == [10.0] * 6
 

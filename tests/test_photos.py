@@ -16,6 +16,7 @@ from PIL import Image
 from airflow_provider_klingfx.domain import EffectRequest, KlingFxInvalidInputError
 from airflow_provider_klingfx.images import MAX_IMAGE_BYTES, KlingFxImageError
 from airflow_provider_klingfx.photos import KlingFxPhotoAccessError, prepare_photos
+from klingfx_emulator import run_app_in_thread
 from tests.test_hook import make_hook
 
 
@@ -203,11 +204,8 @@ def test_a_missing_s3_photo_fails_naming_it(s3_photos, connection, sleeps):
 
 
 @pytest.fixture
-def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
+def photo_host() -> Iterator[dict]:
     """A photo host on 127.0.0.1 that honours byte ranges (or not) and records what it was asked."""
-    import asyncio
-    import threading
-
     files = {"/me.png": GOOD_PNG, **{f"/{n}": d for n, (d, _, _) in BAD_PHOTOS.items()}}
     seen: list[dict] = []
 
@@ -239,18 +237,8 @@ def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
 
     app = web.Application()
     app.router.add_get("/{name}", serve)
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(app, access_log=None)
-    loop.run_until_complete(runner.setup())
-    port = unused_tcp_port_factory()
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield {"url": f"http://127.0.0.1:{port}", "seen": seen}
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(5)
-    loop.run_until_complete(runner.cleanup())
-    loop.close()
+    with run_app_in_thread(app) as host:
+        yield {"url": host.url, "seen": seen}
 
 
 def test_url_photos_are_sent_unread_by_default(photo_host, connection, sleeps):

@@ -20,9 +20,9 @@ from airflow.sdk import ObjectStoragePath
 from PIL import Image, ImageStat
 
 from airflow_provider_klingfx.domain import KlingFxError, KlingFxInvalidInputError
-from airflow_provider_klingfx.emulator.render import pick_codec, render_tiny_video, sample_image_png
 from airflow_provider_klingfx.operators.preview import KlingFxPreviewOperator
 from airflow_provider_klingfx.preview import KlingFxPreviewError, PreviewResult, make_preview
+from klingfx_emulator.render import pick_codec, render_tiny_video, sample_image_png
 
 #: The test video: 2 s at 12 fps, 96x64 (not square, to check the aspect ratio is kept).
 FPS = 12

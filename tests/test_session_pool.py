@@ -9,7 +9,7 @@ import psutil
 
 from airflow_provider_klingfx import _session_pool
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
-from tests.conftest import SleepRecorder
+from tests.conftest import SleepRecorder, configured
 from tests.test_hook import make_hook, squish
 
 
@@ -78,13 +78,14 @@ def test_each_event_loop_has_its_own_session(emulator, connection):
 async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_none(emulator, connection):
     """40 triggers polling every 20 ms share the pool; cancelling them all (a triggerer stopping,
     or tasks cleared) mid-request closes every connection instead of leaking it."""
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 600.0))
     port = emulator_port(emulator)
     submitter = make_hook(SleepRecorder())
-    try:
-        ids = [submitter.submit(squish(emulator, f"person-{i % 3 + 1}.png")).id for i in range(40)]
-    finally:
-        submitter.close()
+    # Generations pending for the whole test (a generation takes its duration when it is created).
+    with configured(emulator, generating_seconds=600.0):
+        try:
+            ids = [submitter.submit(squish(emulator, f"person-{i % 3 + 1}.png")).id for i in range(40)]
+        finally:
+            submitter.close()
     # Idle keep-alive connections of sync hooks that earlier tests in this process left open.
     others = sockets_to(port)
 
@@ -108,7 +109,6 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     await asyncio.sleep(0.1)  # let the closed transports finish closing
     assert _session_pool.users() == 0
     assert sockets_to(port) <= others

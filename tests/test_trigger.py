@@ -14,7 +14,7 @@ import pytest
 
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
 from tests.airflow_harness import REPO
-from tests.conftest import API_KEY, SleepRecorder, faults
+from tests.conftest import API_KEY, SleepRecorder, configured, faults
 from tests.test_hook import FAST, hug, make_hook, squish
 
 
@@ -111,13 +111,10 @@ async def test_status_changes_are_logged_once_each(emulator, connection, capfd):
 
 @pytest.mark.parametrize("shape", ["detail", "name_message"])
 async def test_vendor_failure_event_has_the_reason(emulator, connection, shape):
-    emulator.call(lambda: setattr(emulator.config, "error_shape", shape))
     sleep = RealSleep()
-    try:
+    with configured(emulator, error_shape=shape):
         gen_id = submit(emulator, sleep, hug(emulator, "landscape-noface.png"))
         (event,) = await events_of(make_trigger(gen_id, sleep))
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "error_shape", "detail"))
     assert event["status"] == "error"
     assert event["error_kind"] == "generation_failed"
     assert "Could not detect face in the image" in event["reason"]
@@ -125,12 +122,9 @@ async def test_vendor_failure_event_has_the_reason(emulator, connection, shape):
 
 
 async def test_deadline_in_the_past_gives_a_timeout_event_after_one_look(emulator, connection, sleeps):
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
-    try:
+    with configured(emulator, generating_seconds=3600):
         gen_id = submit(emulator, sleeps, squish(emulator))
         (event,) = await events_of(make_trigger(gen_id, sleeps.asleep, deadline=time.time() - 1))
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert event["status"] == "timeout"
     assert event["generation_id"] == gen_id
     assert event["last_status"] in {"queued", "generating"}
@@ -138,14 +132,13 @@ async def test_deadline_in_the_past_gives_a_timeout_event_after_one_look(emulato
 
 
 async def test_deadline_is_enforced_with_an_injected_clock(emulator, connection, sleeps):
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
     now = [5000.0]
 
     async def fake_sleep(seconds: float) -> None:
         sleeps.calls.append(seconds)
         now[0] += seconds
 
-    try:
+    with configured(emulator, generating_seconds=3600):
         gen_id = submit(emulator, sleeps, squish(emulator))
         trigger = KlingFxGenerationTrigger(
             gen_id,
@@ -156,8 +149,6 @@ async def test_deadline_is_enforced_with_an_injected_clock(emulator, connection,
             clock=lambda: now[0],
         )
         (event,) = await events_of(trigger)
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert event["status"] == "timeout"
     assert event["waited_seconds"] == 45.0
     assert sleeps.calls == [10.0, 10.0, 10.0, 10.0, 5.0]
@@ -212,9 +203,8 @@ async def test_storm_past_the_deadline_ends_in_timeout_naming_the_last_error(emu
 
 
 async def test_cancelled_trigger_is_recreated_from_serialize_and_keeps_its_deadline(emulator, connection):
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 1.0))
     sleep = RealSleep()
-    try:
+    with configured(emulator, generating_seconds=1.0):
         gen_id = submit(emulator, sleep, squish(emulator))
         deadline = time.time() + 60
         first = make_trigger(gen_id, sleep, deadline=deadline)
@@ -227,8 +217,6 @@ async def test_cancelled_trigger_is_recreated_from_serialize_and_keeps_its_deadl
         assert kwargs["deadline"] == deadline
         second = KlingFxGenerationTrigger(**kwargs, sleep=sleep)
         (event,) = await events_of(second)
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert event["status"] == "success"
     assert emulator.stats()["submissions"] == 1
 
@@ -237,7 +225,6 @@ async def test_adaptive_schedule_from_the_connection_waits_then_polls_densely(em
     """With ``poll_schedule=adaptive`` the trigger skips ahead to 82 % of the expected time, then polls
     every 0.7 x its interval (scaled down here: expected 2 s, interval 0.1 s)."""
     connection("kfx", extra={"poll_schedule": "adaptive", "expected_seconds": 2})
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.5))
     now = [time.time()]
     sleeps: list[float] = []
 
@@ -247,7 +234,7 @@ async def test_adaptive_schedule_from_the_connection_waits_then_polls_densely(em
         now[0] += seconds
         await asyncio.sleep(min(seconds, 0.05))
 
-    try:
+    with configured(emulator, generating_seconds=0.5):
         gen_id = submit(emulator, sleep, squish(emulator))
         trigger = KlingFxGenerationTrigger(
             generation_id=gen_id,
@@ -259,8 +246,6 @@ async def test_adaptive_schedule_from_the_connection_waits_then_polls_densely(em
             clock=lambda: now[0],
         )
         (event,) = await events_of(trigger)
-    finally:
-        emulator.call(lambda: setattr(emulator.config, "generating_seconds", 0.2))
     assert event["status"] == "success"
     first, *dense = sleeps
     assert first == pytest.approx(1.64)

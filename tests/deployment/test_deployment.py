@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import airflow_version
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, configured
 from tests.deployment.harness import Deployment
 
 pytestmark = pytest.mark.deployment
@@ -56,27 +56,27 @@ def processes_running(marker: str) -> list[int]:
 def kill_a_polling_worker(deployment: Deployment, emulator) -> dict:
     """SIGKILL the task process of a non-deferrable task after it submitted; let Airflow retry it."""
     emulator.reset()
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 20))
-    deployment.cli("dags", "unpause", "test_klingfx_worker_dies")
-    conf = {"photo": f"{emulator.url}/samples/person-1.png"}
-    deployment.cli("dags", "trigger", "test_klingfx_worker_dies", "-c", json.dumps(conf))
-    deployment.wait_for("the submission", lambda: emulator.stats()["submissions"] >= 1, 120)
+    # Long enough to kill the task while it polls; the retry reattaches to that generation.
+    with configured(emulator, generating_seconds=20):
+        deployment.cli("dags", "unpause", "test_klingfx_worker_dies")
+        conf = {"photo": f"{emulator.url}/samples/person-1.png"}
+        deployment.cli("dags", "trigger", "test_klingfx_worker_dies", "-c", json.dumps(conf))
+        deployment.wait_for("the submission", lambda: emulator.stats()["submissions"] >= 1, 120)
 
-    def ti_id() -> str | None:
-        rows = deployment.query(
-            "SELECT id FROM task_instance WHERE dag_id = 'test_klingfx_worker_dies' AND state = 'running'"
-        )
-        return str(rows[0][0]) if rows else None
+        def ti_id() -> str | None:
+            rows = deployment.query(
+                "SELECT id FROM task_instance WHERE dag_id = 'test_klingfx_worker_dies' AND state = 'running'"
+            )
+            return str(rows[0][0]) if rows else None
 
-    deployment.wait_for("the running task instance", lambda: ti_id() is not None, 60)
-    raw = ti_id()
-    assert raw
-    marker = str(uuid.UUID(raw))  # SQLite keeps the UUID as 32 hex digits; process titles use dashes
-    deployment.wait_for("its processes", lambda: processes_running(marker), 30)
-    for pid in processes_running(marker):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3))
+        deployment.wait_for("the running task instance", lambda: ti_id() is not None, 60)
+        raw = ti_id()
+        assert raw
+        marker = str(uuid.UUID(raw))  # SQLite keeps the UUID as 32 hex digits; process titles use dashes
+        deployment.wait_for("its processes", lambda: processes_running(marker), 30)
+        for pid in processes_running(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
     def state() -> str | None:
         rows = deployment.query("SELECT state FROM dag_run WHERE dag_id = 'test_klingfx_worker_dies'")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
 from tests.deployment.harness import Deployment
 
 pytestmark = [pytest.mark.deployment, pytest.mark.production, pytest.mark.timeout(900)]

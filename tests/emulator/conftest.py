@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from airflow_provider_klingfx.emulator import ACCESS_LOG_FORMAT, STATE_KEY, EmulatorConfig, create_app
+from klingfx_emulator import ACCESS_LOG_FORMAT, STATE_KEY, EmulatorConfig, create_app
 from tests.emulator.helpers import API_KEY, Emu, FakeClock, MakeEmu
 
 

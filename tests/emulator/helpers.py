@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -14,8 +15,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from airflow_provider_klingfx.emulator import EmulatorState
-from airflow_provider_klingfx.emulator.__main__ import main
+from klingfx_emulator import EmulatorState
+from klingfx_emulator.cli import main
 
 # The key ``make_emulator`` configures unless a test module overrides the ``emulator_api_key`` fixture.
 API_KEY = "test-key-1c0ffee"
@@ -121,11 +122,17 @@ MakeEmu = Callable[..., Awaitable[Emu]]
 
 
 def assert_cli_rejects(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    """The command line refuses ``argv`` as argparse does: exit status 2 and an ``error:`` line."""
+    """The command line refuses ``argv`` as argparse does: exit status 2 and an ``error:`` line.
+
+    And it leaves the root logger's handlers alone: one left on capsys's stream would fail every
+    later log line of the process once the stream is closed.
+    """
+    handlers = list(logging.getLogger().handlers)
     with pytest.raises(SystemExit) as exc:
         main(["--port", "0", *argv])
     assert exc.value.code == 2
     assert "error:" in capsys.readouterr().err
+    assert logging.getLogger().handlers == handlers
 
 
 def cli_help_text(capsys: pytest.CaptureFixture[str]) -> str:
@@ -136,13 +143,13 @@ def cli_help_text(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def start_cli(*args: str, api_key: str) -> subprocess.Popen[str]:
-    """Start ``python -m airflow_provider_klingfx.emulator --port 0 *args`` with ``api_key``.
+    """Start ``python -m klingfx_emulator --port 0 *args`` with ``api_key``.
 
     The key goes in through the environment; stdout and stderr are text pipes.
     """
     env = {**os.environ, "KLINGFX_EMULATOR_API_KEY": api_key}
     return subprocess.Popen(
-        [sys.executable, "-m", "airflow_provider_klingfx.emulator", "--port", "0", *args],
+        [sys.executable, "-m", "klingfx_emulator", "--port", "0", *args],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -33,14 +33,16 @@ import yarl
 from PIL import Image
 
 from airflow_provider_klingfx.domain import EFFECT_SCENES, TWO_PERSON_SCENES
-from airflow_provider_klingfx.emulator import (
+from klingfx_emulator import (
     EmulatorConfig,
     FaultRule,
+    RunningEmulator,
     run_emulator_in_thread,
+    validate_create_body,
 )
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
-from airflow_provider_klingfx.emulator.app import iter_fault_rules, validate_create_body
-from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+from klingfx_emulator.cli import build_parser, config_from_args, iter_fault_rules, main
+from klingfx_emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES
+from tests.conftest import configured
 from tests.emulator.helpers import (
     API_KEY,
     AUTH,
@@ -858,6 +860,24 @@ async def test_stats_and_reset(make_emulator: MakeEmu) -> None:
     assert (await emu.fetch(gen_id)).status == 404
 
 
+async def test_a_request_in_flight_across_a_reset_leaves_no_trace(emu: Emu) -> None:
+    """A slow create still pending when the emulator is reset (by the next test, on a shared one)
+    ends without an answer and leaves nothing in the state after the reset: no record, no
+    generation, no charge."""
+    emu.state.set_faults([FaultRule("slow", route="create", delay=0.5)])
+    pending = asyncio.ensure_future(emu.create())
+    for _ in range(500):  # until the middleware holds it (its fault fired), at most 5 s
+        if emu.state.faults_injected:
+            break
+        await asyncio.sleep(0.01)
+    emu.state.reset()
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await pending
+    stats = await emu.stats()
+    assert (stats["requests"], stats["submissions"], stats["generations"]) == ([], 0, {})
+    assert stats["credits_spent"] == 0
+
+
 async def test_many_concurrent_generations_and_polls(emu: Emu) -> None:
     ids = await asyncio.gather(*(emu.submit() for _ in range(300)))
     assert len(set(ids)) == 300
@@ -922,6 +942,22 @@ def test_run_in_thread_never_logs_the_key(caplog: pytest.LogCaptureFixture) -> N
     assert secret not in caplog.text
     assert "Bearer" not in caplog.text
     assert "Authorization" not in caplog.text
+
+
+def test_configured_puts_a_running_emulators_whole_config_back(emulator: RunningEmulator) -> None:
+    """What the shared emulators' fixtures rely on: every field comes back, the named ones, those
+    changed in place and those changed by other means inside the block."""
+    config = emulator.config
+    before = emulator.call(lambda: copy.deepcopy(config))
+    with configured(emulator, generating_seconds=99.0, status_words={"error": "failed"}):
+        changed = emulator.call(lambda: (config.generating_seconds, config.status_words))
+        assert changed == (99.0, {"error": "failed"})
+        emulator.call(lambda: config.faults.append(FaultRule("drop")))
+        emulator.call(lambda: setattr(config, "credits", 5))
+    assert emulator.call(lambda: config == before)
+    typo = configured(emulator, generating_second=1)  # not a new attribute nobody reads
+    with pytest.raises(TypeError, match="no field generating_second"), typo:
+        pass
 
 
 def _read_line(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -1528,11 +1564,37 @@ def test_cli_flags_for_the_vendor_variants(argv: list[str], expected: dict[str, 
         ["--usage-in", "sometimes"],
         ["--error-body", "rfc7807"],
         ["--fault", '{"action": "truncate", "route": "fetch"}'],
+        ["--log-level", "loud"],
     ],
-    ids=["no-equals", "unknown-status", "empty-word", "bad-usage-in", "bad-error-body", "truncate-on-fetch"],
+    ids=[
+        "no-equals",
+        "unknown-status",
+        "empty-word",
+        "bad-usage-in",
+        "bad-error-body",
+        "truncate-on-fetch",
+        "bad-log-level",
+    ],
 )
 def test_cli_rejects_bad_values(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert_cli_rejects(argv, capsys)
+
+
+def test_cli_leaves_the_root_logger_as_it_found_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """main() logs to stderr while it serves, then puts the root logger back: called in a process
+    that goes on (a test under capsys), it must leave no handler on a stream closed by then, where
+    the next emulator thread's access log would fail ('--- Logging error ---')."""
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["--port", str(port), "--log-level", "debug"]) == 1  # it cannot bind the port
+    assert (list(root.handlers), root.level) == before
+    err = capsys.readouterr().err
+    assert "klingfx emulator: " in err
+    assert "Using selector" in err  # asyncio's debug line: the logs went to stderr meanwhile
 
 
 def test_cli_help_documents_the_new_flags(capsys: pytest.CaptureFixture[str]) -> None:

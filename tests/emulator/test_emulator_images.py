@@ -28,15 +28,16 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 
 from airflow_provider_klingfx.domain import redact_url
-from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
-from airflow_provider_klingfx.emulator.app import MAX_BODY_BYTES, _download_image
-from airflow_provider_klingfx.emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES, sample_image_png
 from airflow_provider_klingfx.images import MAX_IMAGE_BYTES, KlingFxImageError, check_image
+from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
+from klingfx_emulator.cli import build_parser, config_from_args
+from klingfx_emulator.images import download_image
+from klingfx_emulator.render import PLACEHOLDER_BACKGROUND, SAMPLE_NAMES, sample_image_png
+from klingfx_emulator.routes import MAX_BODY_BYTES
 from tests.emulator.helpers import API_KEY, CREATE_PATH, STANDARD, Emu, MakeEmu, cli_help_text
 
 RED = (220, 30, 30)
-LOGGER = "airflow_provider_klingfx.emulator"
+LOGGER = "klingfx_emulator"
 
 # ---------------------------------------------------------------------------------------------
 # Photos, and a server for them
@@ -329,11 +330,11 @@ async def test_an_oversize_photo_is_read_no_further_than_the_limit(
     data, content_type, _ = BAD_PHOTOS["size-11MiB"]
     photos.put("big", data, content_type)
     # Chunked, so the size is only known by reading: the emulator stops one byte past 10 MiB.
-    got = await _download_image(emu.state, photos.url("/chunked/big"))
+    got = await download_image(emu.state, photos.url("/chunked/big"))
     assert got is not None
     assert (len(got.data), got.size, got.complete) == (MAX_IMAGE_BYTES + 1, MAX_IMAGE_BYTES + 1, False)
     # Announced by Content-Length: not a byte is read.
-    got = await _download_image(emu.state, photos.url("/p/big"))
+    got = await download_image(emu.state, photos.url("/p/big"))
     assert got is not None
     assert (got.data, got.size, got.complete) == (b"", len(data), False)
     # Either way the generation fails by the size rule.
@@ -351,7 +352,7 @@ async def test_a_photo_over_a_smaller_download_limit_gets_the_placeholder(
     data = noise_png(400, 400)
     assert len(data) > 2000
     url = photos.put("noise", data)
-    got = await _download_image(emu.state, photos.url("/chunked/noise"))
+    got = await download_image(emu.state, photos.url("/chunked/noise"))
     assert got is not None and len(got.data) == 1001 and not got.complete
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         gen_id = await emu.submit(emu.body("squish", [url + "?sig=s3cr3t"]))
@@ -544,11 +545,11 @@ async def test_unusable_photo_urls_are_logged_without_query_or_user_info(
         gen_id = await emu.submit(emu.body("squish", [missing]))
         assert (await finish(emu, gen_id))["status"] == "completed"
         # A redirect loop (aiohttp's error quotes the URL, query included) and user info.
-        assert await _download_image(emu.state, photos.url("/loop?X-Amz-Signature=s3cr3t-first")) is None
+        assert await download_image(emu.state, photos.url("/loop?X-Amz-Signature=s3cr3t-first")) is None
         userinfo = photos.url("/p/missing.png").replace("http://", "http://alice:hunter2@")
-        assert await _download_image(emu.state, userinfo) is None
+        assert await download_image(emu.state, userinfo) is None
     assert (await described(emu, gen_id))["fallback_images"] == [0]
-    lines = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith(LOGGER)]
     assert any(f"input image {missing.split('?')[0]} unusable (HTTP 404)" in line for line in lines), lines
     assert any(f"input image {photos.url('/loop')} unusable" in line for line in lines), lines
     assert any(f"input image {photos.url('/p/missing.png')} unusable" in line for line in lines), lines

@@ -18,15 +18,14 @@ from typing import Any
 
 import pytest
 
-from airflow_provider_klingfx.emulator import (
+from klingfx_emulator import (
     EmulatorConfig,
     EmulatorState,
     FaultRule,
     Outage,
     run_emulator_in_thread,
 )
-from airflow_provider_klingfx.emulator.__main__ import build_parser, config_from_args
-from airflow_provider_klingfx.emulator.app import parse_outages
+from klingfx_emulator.cli import build_parser, config_from_args, parse_outages
 from tests.emulator.helpers import (
     CREATE_PATH,
     LEGACY_PATH,

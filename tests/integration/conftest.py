@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.airflow_harness import AirflowEnv
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, configured
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +35,10 @@ def airflow(tmp_path_factory: pytest.TempPathFactory, dag_emulator: RunningEmula
 
 
 @pytest.fixture
-def fresh_emulator(dag_emulator: RunningEmulator) -> RunningEmulator:
-    dag_emulator.reset()
-    dag_emulator.set_faults([])
-    return dag_emulator
+def fresh_emulator(dag_emulator: RunningEmulator) -> Iterator[RunningEmulator]:
+    """The module's emulator, with no faults and empty stats for this test; its config is put back
+    after it, whatever the test changed (change it with :func:`tests.conftest.configured`)."""
+    with configured(dag_emulator):
+        dag_emulator.reset()
+        dag_emulator.set_faults([])
+        yield dag_emulator

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, configured
 
 pytestmark = pytest.mark.airflow_run
 
@@ -62,28 +62,21 @@ def test_bad_key_fails_at_once_with_the_vendor_words(airflow, fresh_emulator):
 
 
 def test_out_of_credits_fails_at_once(airflow, fresh_emulator):
-    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "credits", 0))
-    fresh_emulator.reset()  # the budget is armed from the config on reset
-    try:
+    with configured(fresh_emulator, credits=0):
+        fresh_emulator.reset()  # the budget is armed from the config on reset
         result = airflow.dags_test(
             "example_klingfx_squish", {"photo": f"{fresh_emulator.url}/samples/person-1.png"}
         )
-    finally:
-        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "credits", None))
-        fresh_emulator.reset()
     assert result.state == "failed"
     assert "AI/ML API answered 403 to POST /v2/video/generations: Insufficient credits" in result.output
     assert fresh_emulator.stats()["submissions"] == 0
 
 
 def test_execution_timeout_ends_the_wait_and_names_the_generation(airflow, fresh_emulator):
-    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 120))
-    try:
+    with configured(fresh_emulator, generating_seconds=120):
         result = airflow.dags_test(
             "test_klingfx_execution_timeout", {"photo": f"{fresh_emulator.url}/samples/person-1.png"}
         )
-    finally:
-        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "generating_seconds", 0))
     assert result.state == "failed"
     (gen_id,) = fresh_emulator.stats()["generations"]
     assert "AirflowTaskTimeout" in result.output

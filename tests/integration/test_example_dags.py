@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from tests.airflow_harness import REPO
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, configured
 
 pytestmark = pytest.mark.airflow_run
 
@@ -126,12 +126,9 @@ def test_not_deferrable_gives_the_same_xcoms(airflow, fresh_emulator):
 
 @pytest.mark.parametrize("shape", ["detail", "name_message"])
 def test_face_detection_failure_fails_the_task_after_one_submission(airflow, fresh_emulator, shape):
-    fresh_emulator.call(lambda: setattr(fresh_emulator.config, "error_shape", shape))
-    try:
+    with configured(fresh_emulator, error_shape=shape):
         left, right = samples(fresh_emulator, "person-1.png", "landscape-noface.png")
         result = airflow.dags_test("example_klingfx_hug", {"left_photo": left, "right_photo": right})
-    finally:
-        fresh_emulator.call(lambda: setattr(fresh_emulator.config, "error_shape", "detail"))
     assert result.state == "failed"
     assert result.task_states[("hug", -1)] == "failed"
     assert "Could not detect face in the image" in result.output

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_provider_klingfx.emulator import FaultRule
+from klingfx_emulator import FaultRule
 from tests.conftest import API_KEY
 
 pytestmark = pytest.mark.airflow_run

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.conftest import API_KEY, configured
 from tests.integration.test_retries_after_payment import assert_no_second_payment
 

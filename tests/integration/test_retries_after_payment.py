@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import REPO, airflow_version
 from tests.conftest import API_KEY, configured
 

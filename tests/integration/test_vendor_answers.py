@@ -13,7 +13,7 @@ import sqlite3
 
 import pytest
 
-from airflow_provider_klingfx.emulator import FaultRule
+from klingfx_emulator import FaultRule
 from tests.conftest import configured
 
 pytestmark = pytest.mark.airflow_run

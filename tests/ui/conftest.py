@@ -39,7 +39,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
-from airflow_provider_klingfx.emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
+from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.airflow_harness import BIN, REPO, AirflowEnv, DagRunResult
 from tests.conftest import API_KEY
 from tests.deployment.harness import free_port

@@ -3,10 +3,24 @@
 An aiohttp server that answers like the vendor API: for the demo, for the test-suite (over real
 HTTP on 127.0.0.1) and for testing DAGs offline. Start it with::
 
-    python -m airflow_provider_klingfx.emulator --port 0
+    klingfx-emulator --port 0          # or: python -m klingfx_emulator --port 0
 
 which prints one line ``KLINGFX EMULATOR LISTENING http://HOST:PORT``, or in-process with
 :func:`run_emulator_in_thread`, or mount :func:`create_app` in aiohttp's test server.
+
+It is a distribution of its own (``klingfx-emulator``), apart from the provider
+(``airflow-provider-klingfx``) that every Airflow worker, triggerer and api-server imports. It
+reuses the provider's rules of the vendor API: the scenes, models, durations and image counts of
+:mod:`airflow_provider_klingfx.domain` and the photo checks of
+:mod:`airflow_provider_klingfx.images`, one implementation of them, shared on purpose.
+
+Where things are: :mod:`~klingfx_emulator.config` (how it behaves), :mod:`~klingfx_emulator.state`
+(generations, their status clock, credits, counters), :mod:`~klingfx_emulator.validation` and
+:mod:`~klingfx_emulator.answers` (the wire format, in and out), :mod:`~klingfx_emulator.routes` (the
+handlers and :func:`create_app`), :mod:`~klingfx_emulator.faults` (outages, fault rules and the
+request record), :mod:`~klingfx_emulator.images` (input photos), :mod:`~klingfx_emulator.videos`
+and :mod:`~klingfx_emulator.render` (the MP4s), :mod:`~klingfx_emulator.server` (threads, sockets,
+refuse outages) and :mod:`~klingfx_emulator.cli`.
 
 What it emulates:
 
@@ -51,7 +65,8 @@ What it emulates:
   included, are closed, then the same port listens again at the window's end. Nothing answers
   during it, not even ``/health`` or ``/_emulator/*`` (use :meth:`RunningEmulator.stats`).
   Refuse needs a server that owns its socket: :func:`run_emulator_in_thread` or the CLI
-  (anything started by ``start_site``); with aiohttp's test server it is an error;
+  (anything started by :func:`~klingfx_emulator.server.start_site`); with aiohttp's test server it
+  is an error;
 * Kling's limits on photos (``check_images``, default on; the CLI's ``--no-check-images`` turns
   it off): every photo the emulator obtains is checked by
   :func:`airflow_provider_klingfx.images.check_image`, the same code the operator uses: JPEG or PNG
@@ -92,7 +107,9 @@ a refuse outage closed); its statuses are always the canonical words, whatever t
 Requests to ``/_emulator/*`` and ``/health`` are not recorded; a dropped connection is recorded
 with ``"status": null``. ``POST /_emulator/reset`` forgets generations, videos, records and
 counters, restores the credit budget, refills the rate-limit buckets, re-arms the configured fault
-rules and brings back the configured outage windows, counted from the reset.
+rules and brings back the configured outage windows, counted from the reset. A request still in
+flight across a reset (a ``slow`` fault's) is closed without an answer and leaves no trace: no
+record, no generation, no charge.
 
 Face detection rule: the emulator has no face detector. An image "has no face" when its URL
 contains ``noface`` (case-insensitive). A two-person scene (``hug``, ``kiss``, ``heart_gesture``)
@@ -117,22 +134,19 @@ video or sample image is rendered.
 
 from __future__ import annotations
 
-from airflow_provider_klingfx.emulator.app import (
+from klingfx_emulator.config import API_KEY_ENV, DEFAULT_API_KEY, EmulatorConfig, FaultRule, Outage
+from klingfx_emulator.routes import create_app
+from klingfx_emulator.server import (
     ACCESS_LOG_FORMAT,
-    API_KEY_ENV,
-    DEFAULT_API_KEY,
-    STATE_KEY,
-    EmulatorConfig,
-    EmulatorState,
-    FaultRule,
-    GenerationRecord,
-    ImageProblem,
-    Outage,
     RunningEmulator,
-    create_app,
+    RunningServer,
+    run_app_in_thread,
     run_emulator_in_thread,
-    validate_create_body,
 )
+from klingfx_emulator.state import STATE_KEY, EmulatorState, GenerationRecord, ImageProblem
+from klingfx_emulator.validation import validate_create_body
+
+__version__ = "0.3.0"
 
 __all__ = [
     "ACCESS_LOG_FORMAT",
@@ -146,7 +160,9 @@ __all__ = [
     "ImageProblem",
     "Outage",
     "RunningEmulator",
+    "RunningServer",
     "create_app",
+    "run_app_in_thread",
     "run_emulator_in_thread",
     "validate_create_body",
 ]

@@ -1,9 +1,9 @@
 """Rendering for the emulator: small but real, playable MP4s and the sample photos it serves.
 
 Everything here is synchronous and CPU-bound: the app calls it in a thread executor so the event
-loop keeps answering polls while a video renders. PyAV and Pillow are imported inside the
-functions, so importing the emulator package (e.g. to build a config) stays cheap and works without
-the ``emulator`` extra installed.
+loop keeps answering polls while a video renders (:mod:`klingfx_emulator.videos` schedules it).
+PyAV and Pillow are imported inside the functions, so importing the emulator package (e.g. to build
+a config) stays cheap.
 
 The animations are deliberately simple stand-ins for Kling's effects, just enough to see in a
 player that the right photos were used in the right places:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m airflow_provider_klingfx.emulator [options]``.
+"""Command line: ``klingfx-emulator [options]``, or ``python -m klingfx_emulator [options]``.
 
 Prints exactly one line on stdout once listening, ``KLINGFX EMULATOR LISTENING http://HOST:PORT``,
 so scripts can start it with ``--port 0`` and read the port. Logs go to stderr. Stops cleanly on
@@ -13,33 +13,35 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import cast
 
-from airflow_provider_klingfx.emulator.app import (
+from klingfx_emulator.config import (
     API_KEY_ENV,
     CANONICAL_STATUSES,
     DEFAULT_API_KEY,
     DEFAULT_USD_PER_CREDIT,
     EmulatorConfig,
-    create_app,
-    format_url,
-    iter_fault_rules,
-    parse_outages,
-    parse_status_words,
-    start_site,
+    FaultRule,
+    Outage,
+    OutageMode,
 )
+from klingfx_emulator.server import serve
 
 DEFAULT_PORT = 8765
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: How log lines look on stderr.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser."""
     p = argparse.ArgumentParser(
-        prog="python -m airflow_provider_klingfx.emulator",
+        prog="klingfx-emulator",
         description="Local emulator of the AI/ML API for the Kling v1.6 effects models.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: %(default)s)")
@@ -183,7 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept data:image/...;base64,... URIs in image_url and use their bytes as the photo "
         "(default: refuse them with 422, as it is unknown whether the vendor takes them for effects)",
     )
-    p.add_argument("--log-level", default="INFO", help="logging level on stderr (default: %(default)s)")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level on stderr (default: %(default)s)",
+    )
     return p
 
 
@@ -221,25 +229,86 @@ def config_from_args(args: argparse.Namespace) -> EmulatorConfig:
     )
 
 
-async def serve(config: EmulatorConfig, host: str, port: int) -> None:
-    """Serve until SIGINT or SIGTERM.
+def parse_status_words(raw: Sequence[str]) -> dict[str, str]:
+    """Parse ``--status-word STATUS=WORD`` strings into ``status_words`` (a later one wins).
 
-    :param config: the behaviour.
-    :param host: address to bind.
-    :param port: port to bind (0: any free one).
+    :param raw: the strings, e.g. ``["completed=succeeded", "error=failed"]``.
+    :raises ValueError: on a string without ``=``, an unknown status or an empty word.
     """
-    runner, bound = await start_site(create_app(config), host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError):  # Windows' loop has no signal handlers
-            loop.add_signal_handler(sig, stop.set)
-    # The one line scripts wait for: printed only once the socket is listening.
-    print(f"KLINGFX EMULATOR LISTENING {format_url(host, bound)}", flush=True)
+    words: dict[str, str] = {}
+    for text in raw:
+        status, sep, word = text.partition("=")
+        status, word = status.strip(), word.strip()
+        if not sep or not word:
+            raise ValueError(f"--status-word must look like STATUS=WORD, got {text!r}")
+        if status not in CANONICAL_STATUSES:
+            raise ValueError(
+                f"--status-word STATUS must be one of {list(CANONICAL_STATUSES)}, got {status!r}"
+            )
+        words[status] = word
+    return words
+
+
+def parse_outages(raw: Sequence[str]) -> list[Outage]:
+    """Parse ``--outage START:END[:MODE]`` strings into outage windows.
+
+    :param raw: the strings, e.g. ``["10:20", "30:35:refuse"]`` (MODE defaults to ``503``).
+    :raises ValueError: on a malformed string or invalid window.
+    """
+    outages: list[Outage] = []
+    for text in raw:
+        parts = text.split(":")
+        try:
+            if len(parts) not in (2, 3):
+                raise ValueError("expected START:END or START:END:MODE")
+            mode = parts[2].strip() if len(parts) == 3 else "503"
+            outages.append(Outage(float(parts[0]), float(parts[1]), cast("OutageMode", mode)))
+        except ValueError as exc:
+            raise ValueError(
+                f"--outage must look like START:END[:MODE] (MODE 503 or refuse), got {text!r}: {exc}"
+            ) from exc
+    return outages
+
+
+def iter_fault_rules(raw: Sequence[str]) -> Iterator[FaultRule]:
+    """Parse ``--fault`` JSON strings (each an object, or an array of objects) into rules.
+
+    :param raw: the strings.
+    :raises ValueError: on invalid JSON or rules.
+    """
+    for text in raw:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--fault is not valid JSON: {text!r} ({exc})") from exc
+        for item in data if isinstance(data, list) else [data]:
+            yield FaultRule.from_dict(item)
+
+
+@contextlib.contextmanager
+def logging_to_stderr(level: str) -> Iterator[None]:
+    """Send every log record to stderr at ``level`` for the block; then put the root logger back.
+
+    stdout must carry nothing but the LISTENING line, or a script that reads only that line would
+    leave the pipe to fill up and block the server; and importing Airflow (through the provider's
+    domain module) may have put a root handler on stdout. So the root logger's handlers are set
+    aside while the server runs, and restored afterwards: ``main()`` called in a process that goes
+    on (a test under ``capsys``) must leave no handler behind writing to a stream closed by then.
+
+    :param level: a level name, e.g. ``INFO``.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    saved_handlers, saved_level = root.handlers[:], root.level
+    root.handlers = [handler]
+    root.setLevel(level)
     try:
-        await stop.wait()
+        yield
     finally:
-        await runner.cleanup()
+        root.handlers = saved_handlers
+        root.setLevel(saved_level)
+        handler.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -249,28 +318,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    # force=True: importing Airflow (through the domain module) installs a root handler on stdout,
-    # and stdout must carry nothing but the LISTENING line, or a script that reads only that line
-    # would leave the pipe to fill up and block the server.
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
     try:
         config = config_from_args(args)
     except ValueError as exc:
         parser.error(str(exc))
-    try:
-        asyncio.run(serve(config, args.host, args.port))
-    except (RuntimeError, OSError) as exc:
-        print(f"klingfx emulator: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        pass
+    with logging_to_stderr(args.log_level):
+        try:
+            asyncio.run(serve(config, args.host, args.port))
+        except (RuntimeError, OSError) as exc:
+            print(f"klingfx emulator: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            pass
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
