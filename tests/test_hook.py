@@ -21,6 +21,7 @@ from airflow_provider_klingfx.domain import (
 from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 from tests.conftest import API_KEY, faults
+from tests.support import free_port
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)
 
@@ -243,12 +244,7 @@ async def test_submit_retries_only_when_nothing_was_accepted(emulator, connectio
 
 
 def test_submit_retries_when_the_connection_is_refused(connection, sleeps, emulator):
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    connection("refused", host=f"http://127.0.0.1:{port}")
+    connection("refused", host=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(KlingFxTransportError, match="could not connect") as info:
         make_hook(sleeps, "refused").submit(squish(emulator))
     assert info.value.reached_server is False

@@ -16,6 +16,7 @@ from PIL import Image
 from airflow_provider_klingfx.domain import EffectRequest, KlingFxInvalidInputError
 from airflow_provider_klingfx.images import MAX_IMAGE_BYTES, KlingFxImageError
 from airflow_provider_klingfx.photos import KlingFxPhotoAccessError, prepare_photos
+from tests.support import free_port
 from tests.test_hook import make_hook
 
 
@@ -203,7 +204,7 @@ def test_a_missing_s3_photo_fails_naming_it(s3_photos, connection, sleeps):
 
 
 @pytest.fixture
-def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
+def photo_host() -> Iterator[dict]:
     """A photo host on 127.0.0.1 that honours byte ranges (or not) and records what it was asked."""
     import asyncio
     import threading
@@ -242,8 +243,8 @@ def photo_host(unused_tcp_port_factory) -> Iterator[dict]:
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app, access_log=None)
     loop.run_until_complete(runner.setup())
-    port = unused_tcp_port_factory()
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    (_, port), *_ = runner.addresses
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     yield {"url": f"http://127.0.0.1:{port}", "seen": seen}
@@ -288,13 +289,11 @@ def test_a_url_the_api_could_not_download_fails_before_paying(photo_host, connec
     assert emulator.stats()["requests"] == []
 
 
-def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps, unused_tcp_port):
+def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps):
     with pytest.raises(
         KlingFxPhotoAccessError, match=r"image 1 \(http://127.0.0.1:\d+/me.png\) could not be read"
     ):
-        prepare_photos(
-            squish(f"http://127.0.0.1:{unused_tcp_port}/me.png"), make_hook(sleeps), check_urls=True
-        )
+        prepare_photos(squish(f"http://127.0.0.1:{free_port()}/me.png"), make_hook(sleeps), check_urls=True)
     assert len(sleeps.calls) == 3  # the hook's policy: 4 attempts
 
 
