@@ -21,7 +21,7 @@ from airflow_provider_klingfx.domain import (
 from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 from tests.conftest import API_KEY, faults
-from tests.support import free_port
+from tests.support import FakeTime, free_port
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)
 
@@ -275,17 +275,9 @@ async def test_ambiguous_submit_failures_are_never_resent(emulator, connection, 
     assert sleeps.calls == []
 
 
-def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
-    now = [1000.0]
-
-    def clock() -> float:
-        return now[0]
-
-    def fake_sleep(seconds: float) -> None:
-        sleeps.calls.append(seconds)
-        now[0] += seconds
-
-    hook = KlingFxHook(retry_policy=FAST, sleep=fake_sleep, clock=clock)
+def test_wait_times_out_with_the_generation_id(emulator, connection):
+    sleeps = FakeTime(start=1000.0)
+    hook = KlingFxHook(retry_policy=FAST, sleep=sleeps, clock=sleeps.clock)
     emulator.call(lambda: setattr(emulator.config, "generating_seconds", 3600))
     try:
         gen_id = hook.submit(squish(emulator)).id
@@ -358,20 +350,13 @@ def test_user_agent_and_key_never_in_repr(emulator, connection, sleeps):
 
 def test_worker_wait_follows_the_connections_adaptive_schedule(emulator, connection):
     connection("kfx", extra={"poll_schedule": "adaptive", "expected_seconds": 2})
-    now = [time.time()]
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        # The wait's clock moves by the whole sleep; real time by at most 50 ms of it.
-        waits.append(seconds)
-        now[0] += seconds
-        time.sleep(min(seconds, 0.05))
-
-    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep, clock=lambda: now[0])
+    # The wait's clock moves by the whole sleep; real time by at most 50 ms of it.
+    sleep = FakeTime(real=0.05)
+    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep, clock=sleep.clock)
     gen_id = hook.submit(squish(emulator)).id
-    generation = hook.wait_for_generation(gen_id, poll_interval=0.1, timeout=60, submitted_at=now[0])
+    generation = hook.wait_for_generation(gen_id, poll_interval=0.1, timeout=60, submitted_at=sleep.clock())
     assert generation.is_completed
-    first, *dense = waits
+    first, *dense = sleep.calls
     assert first == pytest.approx(1.64, abs=0.01)
     assert all(w == pytest.approx(0.07) for w in dense)
 

@@ -9,7 +9,7 @@ import psutil
 
 from airflow_provider_klingfx import _session_pool
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
-from tests.conftest import SleepRecorder
+from tests.support import FakeTime
 from tests.test_hook import make_hook, squish
 
 
@@ -59,7 +59,7 @@ async def test_a_session_closed_by_someone_else_is_replaced(emulator, connection
 
 def test_each_event_loop_has_its_own_session(emulator, connection):
     async def used_session():
-        hook = make_hook(SleepRecorder())
+        hook = make_hook(FakeTime())
         session = await hook.aget_conn()
         await hook.aclose()
         return session
@@ -80,7 +80,7 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
     or tasks cleared) mid-request closes every connection instead of leaking it."""
     emulator.call(lambda: setattr(emulator.config, "generating_seconds", 600.0))
     port = emulator_port(emulator)
-    submitter = make_hook(SleepRecorder())
+    submitter = make_hook(FakeTime())
     try:
         ids = [submitter.submit(squish(emulator, f"person-{i % 3 + 1}.png")).id for i in range(40)]
     finally:
@@ -88,9 +88,8 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
     # Idle keep-alive connections of sync hooks that earlier tests in this process left open.
     others = sockets_to(port)
 
-    async def short_sleep(seconds: float) -> None:
-        await asyncio.sleep(0.02)
-
+    # Forty pollers of the real clock: each wait is really slept, 20 ms at most.
+    short_sleep = FakeTime(real=0.02).asleep
     triggers = [
         KlingFxGenerationTrigger(gid, deadline=time.time() + 600, poll_interval=0.02, sleep=short_sleep)
         for gid in ids
