@@ -9,8 +9,11 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +118,21 @@ class FakeTime:
         if self._wait_begun is None:
             self._wait_begun = asyncio.Event()
         return self._wait_begun
+
+
+@contextmanager
+def seeded_random(seed: int) -> Iterator[None]:
+    """The ``random`` module's generator seeded for the block, and put back as it was after.
+
+    The retry policy's back-off jitter (tenacity) and the API health's probe jitter draw from it,
+    so a test that counts retries or probes sees the same draws on every run.
+    """
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ from airflow_provider_klingfx.domain import (
 from airflow_provider_klingfx.emulator import EmulatorConfig, run_emulator_in_thread
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 from tests.conftest import API_KEY, faults
-from tests.support import FakeTime, free_port
+from tests.support import FakeTime, free_port, seeded_random
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)
 
@@ -289,13 +289,15 @@ def test_wait_times_out_with_the_generation_id(emulator, connection):
     assert sleeps.calls == [10.0] * 6
 
 
-def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd):
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd, seed):
     hook = make_hook(sleeps)
     gen_id = hook.submit(squish(emulator)).id
     # 10 failures in a row: more than one fetch's own retries (4 attempts), so polling must wait it
     # out; past 5 in a row the API counts as down, and only probes go out, further and further apart.
     emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": 10}))
-    generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=600)
+    with seeded_random(seed):  # the back-off and probe jitter
+        generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=600)
     assert generation.is_completed
     out = capfd.readouterr().out
     # The first poll's failures are logged as they come; the outage is one line in, one line out.
@@ -304,9 +306,15 @@ def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps
     assert out.count("answers again after") == 1
     assert "6 probe(s) sent" in out
     assert emulator.stats()["faults_injected"] == 10
-    # The probes back off: 1 s doubling (with jitter) up to 20 s, in virtual time.
-    probe_waits = [s for s in sleeps.calls if s >= 0.5]
-    assert len(probe_waits) >= 5 and max(probe_waits) <= 20
+    # The probes back off: 1 s doubling up to 20 s, each between half and all of its step (jitter),
+    # less the poll's own wait since the last probe failed (at most FAST.max_wait), in virtual time.
+    # Every other wait is a retry's back-off or the poll interval, FAST.max_wait at most.
+    probe_waits = [s for s in sleeps.calls if s > FAST.max_wait]
+    steps = [1, 2, 4, 8, 16, 20]
+    assert len(probe_waits) == len(steps), sleeps.calls  # one before each of the 6 probes
+    for wait, step in zip(probe_waits, steps, strict=True):
+        assert step / 2 - FAST.max_wait <= wait <= step, (probe_waits, seed)
+    assert max(probe_waits) <= 20
 
 
 @pytest.mark.parametrize(
