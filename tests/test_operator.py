@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,6 +11,9 @@ from airflow_provider_klingfx._compat import AirflowException, AirflowFailExcept
 from airflow_provider_klingfx.domain import (
     EffectRequest,
     KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxError,
     KlingFxGenerationFailedError,
     KlingFxInvalidInputError,
     KlingFxRetryWouldResubmitError,
@@ -154,14 +158,18 @@ def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connectio
 
 
 @pytest.mark.parametrize(
-    ("event", "error"),
+    ("event", "error", "fields", "words"),
     [
         (
             {"status": "timeout", "generation_id": "g", "waited_seconds": 30, "last_status": "generating"},
+            KlingFxTimeoutError,
+            {"generation_id": "g", "waited_seconds": 30.0, "last_status": "generating"},
             "within 30s",
         ),
         (
             {"status": "error", "generation_id": "g", "error_kind": "generation_failed", "reason": "no face"},
+            KlingFxGenerationFailedError,
+            {"generation_id": "g", "reason": "no face", "error_type": None},
             "failed at the vendor: no face",
         ),
         (
@@ -172,16 +180,77 @@ def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connectio
                 "message": "m",
                 "status_code": 401,
             },
+            KlingFxAuthError,
+            {"status_code": 401, "vendor_message": "m", "request_id": None, "method": "GET", "path": ""},
             "answered 401",
         ),
-        ({"status": "weird", "generation_id": "g"}, "unexpected trigger event status 'weird'"),
-        (None, "unexpected trigger event"),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "api",
+                "message": "AI/ML API answered 503 ...",
+                "status_code": 503,
+                "vendor_message": "Service Unavailable",
+                "request_id": "req-1",
+                "path": "/v2/video/generations",
+            },
+            KlingFxAPIError,
+            {
+                "status_code": 503,
+                "vendor_message": "Service Unavailable",
+                "request_id": "req-1",
+                "method": "GET",
+                "path": "/v2/video/generations",
+            },
+            "answered 503 to GET /v2/video/generations: Service Unavailable (request id req-1)",
+        ),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "connection_config",
+                "message": "connection 'x' is not defined",
+            },
+            KlingFxConnectionConfigError,
+            {},
+            "connection 'x' is not defined",
+        ),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "transport",
+                "message": "dropped",
+            },
+            KlingFxError,
+            {},
+            "polling generation g failed: dropped",
+        ),
+        (
+            {"status": "weird", "generation_id": "g"},
+            KlingFxError,
+            {},
+            "unexpected trigger event status 'weird' for generation g",
+        ),
+        (None, KlingFxError, {}, "unexpected trigger event: None"),
     ],
-    ids=["timeout", "vendor-failure", "auth", "unknown-status", "no-event"],
+    ids=[
+        "timeout",
+        "vendor-failure",
+        "auth",
+        "api-error",
+        "connection",
+        "no-status-code",
+        "unknown-status",
+        "no-event",
+    ],
 )
-def test_trigger_events_become_typed_errors(event, error):
-    with pytest.raises(Exception, match=error):
+def test_trigger_events_become_typed_errors(event, error, fields, words):
+    with pytest.raises(error, match=re.escape(words)) as info:
         raise_for_event(event)
+    assert type(info.value) is error  # exactly: a subclass would fail or retry the task differently
+    assert {name: getattr(info.value, name) for name in fields} == fields
 
 
 class TaskInstance:
