@@ -277,10 +277,17 @@ class TaskInstance:
     ],
     ids=["timeout", "download", "execution-timeout", "vendor-failure"],
 )
-@pytest.mark.parametrize("store", [None, StateStore()], ids=["airflow-3.1", "airflow-3.3"])
+@pytest.mark.parametrize(
+    "store",
+    [None, StateStore(), StateStore(**{STATE_STORE_KEY: {"generation_id": "g:1"}})],
+    ids=["airflow-3.1", "airflow-3.3-not-recorded", "airflow-3.3"],
+)
 def test_after_payment_a_retryable_failure_fails_for_good_only_without_a_state_store(error, converted, store):
+    # Only a retry that will find the generation in the store may happen: with no store (3.1/3.2),
+    # or a store where its record is missing (writing it failed), a retry would pay again.
     context = {} if store is None else {"task_state_store": store}
-    expected = KlingFxRetryWouldResubmitError if store is None and converted else type(error)
+    recorded = store is not None and store.get(STATE_STORE_KEY) is not None
+    expected = KlingFxRetryWouldResubmitError if not recorded and converted else type(error)
     with pytest.raises(expected) as info, operator()._paid_generation(context, "g:1"):
         raise error
     if expected is KlingFxRetryWouldResubmitError:
@@ -297,8 +304,13 @@ def test_airflow_failing_a_deferred_task_is_no_second_payment_either(reason):
     """Airflow resumes a task with ``__fail__`` when its defer timeout passes or the trigger crashed."""
     with pytest.raises(KlingFxRetryWouldResubmitError, match="g:7"):
         operator().resume_execution("__fail__", {"error": reason}, {"ti": TaskInstance("g:7")})
-    with pytest.raises(AirflowException, match=reason) as info:
+    with pytest.raises(KlingFxRetryWouldResubmitError, match="g:7"):  # 3.3+, but nothing recorded
         operator().resume_execution(
             "__fail__", {"error": reason}, {"ti": TaskInstance("g:7"), "task_state_store": StateStore()}
+        )
+    recorded = StateStore(**{STATE_STORE_KEY: {"generation_id": "g:7"}})
+    with pytest.raises(AirflowException, match=reason) as info:
+        operator().resume_execution(
+            "__fail__", {"error": reason}, {"ti": TaskInstance("g:7"), "task_state_store": recorded}
         )
     assert not isinstance(info.value, KlingFxRetryWouldResubmitError)  # 3.3+: the retry reattaches
