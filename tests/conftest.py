@@ -1,4 +1,4 @@
-"""Shared fixtures: a real emulator on 127.0.0.1, connections, and a recorder for sleeps."""
+"""Shared fixtures: a real emulator on 127.0.0.1, connections, and a fake clock for sleeps."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 import dataclasses
 import json
 import secrets
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,6 +18,7 @@ from klingfx_emulator import (
     RunningEmulator,
     run_emulator_in_thread,
 )
+from tests.support import FakeTime
 
 #: A key unique to this test session, so finding it anywhere proves a leak.
 API_KEY = f"sk-klingfx-test-{secrets.token_hex(12)}"
@@ -60,36 +60,10 @@ def connection(monkeypatch: pytest.MonkeyPatch, emulator: RunningEmulator):
     return define
 
 
-class SleepRecorder:
-    """Stands in for time.sleep / asyncio.sleep: records the waits instead of sleeping.
-
-    Its :meth:`clock` is the wall clock moved on by every recorded wait, so code given both sees
-    time pass as it would have (deadlines, rate pacing) without the test waiting.
-    """
-
-    def __init__(self) -> None:
-        self.calls: list[float] = []
-        self.skipped = 0.0
-
-    def clock(self) -> float:
-        return time.time() + self.skipped
-
-    def __call__(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.skipped += max(0.0, seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.calls.append(seconds)
-        self.skipped += max(0.0, seconds)
-        # Yield to the loop like a real sleep would, but without waiting.
-        import asyncio
-
-        await asyncio.sleep(0)
-
-
 @pytest.fixture
-def sleeps() -> SleepRecorder:
-    return SleepRecorder()
+def sleeps() -> FakeTime:
+    """The sleeps and clock of the code under test, in virtual time (see :class:`tests.support.FakeTime`)."""
+    return FakeTime()
 
 
 def faults(*rules: dict[str, Any]) -> list[FaultRule]:

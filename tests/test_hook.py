@@ -21,6 +21,7 @@ from airflow_provider_klingfx.domain import (
 from airflow_provider_klingfx.hooks.klingfx import KlingFxHook
 from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
 from tests.conftest import API_KEY, configured, faults
+from tests.support import FakeTime, free_port, seeded_random
 
 FAST = RetryPolicy(max_attempts=4, initial_wait=0.01, max_wait=0.05)
 
@@ -237,12 +238,7 @@ async def test_submit_retries_only_when_nothing_was_accepted(emulator, connectio
 
 
 def test_submit_retries_when_the_connection_is_refused(connection, sleeps, emulator):
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    connection("refused", host=f"http://127.0.0.1:{port}")
+    connection("refused", host=f"http://127.0.0.1:{free_port()}")
     with pytest.raises(KlingFxTransportError, match="could not connect") as info:
         make_hook(sleeps, "refused").submit(squish(emulator))
     assert info.value.reached_server is False
@@ -273,17 +269,9 @@ async def test_ambiguous_submit_failures_are_never_resent(emulator, connection, 
     assert sleeps.calls == []
 
 
-def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
-    now = [1000.0]
-
-    def clock() -> float:
-        return now[0]
-
-    def fake_sleep(seconds: float) -> None:
-        sleeps.calls.append(seconds)
-        now[0] += seconds
-
-    hook = KlingFxHook(retry_policy=FAST, sleep=fake_sleep, clock=clock)
+def test_wait_times_out_with_the_generation_id(emulator, connection):
+    sleeps = FakeTime(start=1000.0)
+    hook = KlingFxHook(retry_policy=FAST, sleep=sleeps, clock=sleeps.clock)
     with configured(emulator, generating_seconds=3600):
         gen_id = hook.submit(squish(emulator)).id
         with pytest.raises(KlingFxTimeoutError, match=f"{gen_id} did not finish within 60s") as info:
@@ -292,13 +280,15 @@ def test_wait_times_out_with_the_generation_id(emulator, connection, sleeps):
     assert sleeps.calls == [10.0] * 6
 
 
-def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd):
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps, capfd, seed):
     hook = make_hook(sleeps)
     gen_id = hook.submit(squish(emulator)).id
     # 10 failures in a row: more than one fetch's own retries (4 attempts), so polling must wait it
     # out; past 5 in a row the API counts as down, and only probes go out, further and further apart.
     emulator.set_faults(faults({"action": "status", "status": 503, "route": "fetch", "times": 10}))
-    generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=600)
+    with seeded_random(seed):  # the back-off and probe jitter
+        generation = hook.wait_for_generation(gen_id, poll_interval=0.05, timeout=600)
     assert generation.is_completed
     out = capfd.readouterr().out
     # The first poll's failures are logged as they come; the outage is one line in, one line out.
@@ -307,9 +297,15 @@ def test_wait_rides_out_a_storm_of_transient_errors(emulator, connection, sleeps
     assert out.count("answers again after") == 1
     assert "6 probe(s) sent" in out
     assert emulator.stats()["faults_injected"] == 10
-    # The probes back off: 1 s doubling (with jitter) up to 20 s, in virtual time.
-    probe_waits = [s for s in sleeps.calls if s >= 0.5]
-    assert len(probe_waits) >= 5 and max(probe_waits) <= 20
+    # The probes back off: 1 s doubling up to 20 s, each between half and all of its step (jitter),
+    # less the poll's own wait since the last probe failed (at most FAST.max_wait), in virtual time.
+    # Every other wait is a retry's back-off or the poll interval, FAST.max_wait at most.
+    probe_waits = [s for s in sleeps.calls if s > FAST.max_wait]
+    steps = [1, 2, 4, 8, 16, 20]
+    assert len(probe_waits) == len(steps), sleeps.calls  # one before each of the 6 probes
+    for wait, step in zip(probe_waits, steps, strict=True):
+        assert step / 2 - FAST.max_wait <= wait <= step, (probe_waits, seed)
+    assert max(probe_waits) <= 20
 
 
 @pytest.mark.parametrize(
@@ -353,20 +349,13 @@ def test_user_agent_and_key_never_in_repr(emulator, connection, sleeps):
 
 def test_worker_wait_follows_the_connections_adaptive_schedule(emulator, connection):
     connection("kfx", extra={"poll_schedule": "adaptive", "expected_seconds": 2})
-    now = [time.time()]
-    waits: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        # The wait's clock moves by the whole sleep; real time by at most 50 ms of it.
-        waits.append(seconds)
-        now[0] += seconds
-        time.sleep(min(seconds, 0.05))
-
-    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep, clock=lambda: now[0])
+    # The wait's clock moves by the whole sleep; real time by at most 50 ms of it.
+    sleep = FakeTime(real=0.05)
+    hook = KlingFxHook("kfx", retry_policy=FAST, sleep=sleep, clock=sleep.clock)
     gen_id = hook.submit(squish(emulator)).id
-    generation = hook.wait_for_generation(gen_id, poll_interval=0.1, timeout=60, submitted_at=now[0])
+    generation = hook.wait_for_generation(gen_id, poll_interval=0.1, timeout=60, submitted_at=sleep.clock())
     assert generation.is_completed
-    first, *dense = waits
+    first, *dense = sleep.calls
     assert first == pytest.approx(1.64, abs=0.01)
     assert all(w == pytest.approx(0.07) for w in dense)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -10,6 +11,9 @@ from airflow_provider_klingfx._compat import AirflowException, AirflowFailExcept
 from airflow_provider_klingfx.domain import (
     EffectRequest,
     KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxError,
     KlingFxGenerationFailedError,
     KlingFxInvalidInputError,
     KlingFxRetryWouldResubmitError,
@@ -154,14 +158,18 @@ def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connectio
 
 
 @pytest.mark.parametrize(
-    ("event", "error"),
+    ("event", "error", "fields", "words"),
     [
         (
             {"status": "timeout", "generation_id": "g", "waited_seconds": 30, "last_status": "generating"},
+            KlingFxTimeoutError,
+            {"generation_id": "g", "waited_seconds": 30.0, "last_status": "generating"},
             "within 30s",
         ),
         (
             {"status": "error", "generation_id": "g", "error_kind": "generation_failed", "reason": "no face"},
+            KlingFxGenerationFailedError,
+            {"generation_id": "g", "reason": "no face", "error_type": None},
             "failed at the vendor: no face",
         ),
         (
@@ -172,16 +180,77 @@ def test_no_state_store_before_airflow_3_3_means_no_reattach(emulator, connectio
                 "message": "m",
                 "status_code": 401,
             },
+            KlingFxAuthError,
+            {"status_code": 401, "vendor_message": "m", "request_id": None, "method": "GET", "path": ""},
             "answered 401",
         ),
-        ({"status": "weird", "generation_id": "g"}, "unexpected trigger event status 'weird'"),
-        (None, "unexpected trigger event"),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "api",
+                "message": "AI/ML API answered 503 ...",
+                "status_code": 503,
+                "vendor_message": "Service Unavailable",
+                "request_id": "req-1",
+                "path": "/v2/video/generations",
+            },
+            KlingFxAPIError,
+            {
+                "status_code": 503,
+                "vendor_message": "Service Unavailable",
+                "request_id": "req-1",
+                "method": "GET",
+                "path": "/v2/video/generations",
+            },
+            "answered 503 to GET /v2/video/generations: Service Unavailable (request id req-1)",
+        ),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "connection_config",
+                "message": "connection 'x' is not defined",
+            },
+            KlingFxConnectionConfigError,
+            {},
+            "connection 'x' is not defined",
+        ),
+        (
+            {
+                "status": "error",
+                "generation_id": "g",
+                "error_kind": "transport",
+                "message": "dropped",
+            },
+            KlingFxError,
+            {},
+            "polling generation g failed: dropped",
+        ),
+        (
+            {"status": "weird", "generation_id": "g"},
+            KlingFxError,
+            {},
+            "unexpected trigger event status 'weird' for generation g",
+        ),
+        (None, KlingFxError, {}, "unexpected trigger event: None"),
     ],
-    ids=["timeout", "vendor-failure", "auth", "unknown-status", "no-event"],
+    ids=[
+        "timeout",
+        "vendor-failure",
+        "auth",
+        "api-error",
+        "connection",
+        "no-status-code",
+        "unknown-status",
+        "no-event",
+    ],
 )
-def test_trigger_events_become_typed_errors(event, error):
-    with pytest.raises(Exception, match=error):
+def test_trigger_events_become_typed_errors(event, error, fields, words):
+    with pytest.raises(error, match=re.escape(words)) as info:
         raise_for_event(event)
+    assert type(info.value) is error  # exactly: a subclass would fail or retry the task differently
+    assert {name: getattr(info.value, name) for name in fields} == fields
 
 
 class TaskInstance:
@@ -216,8 +285,8 @@ class TaskInstance:
 def test_after_payment_a_retryable_failure_fails_for_good_only_unless_a_retry_finds_it(
     error, converted, store
 ):
-    # A retry reattaches only to a generation recorded in task_state_store: without the store, or
-    # without the record (writing it failed), a retryable failure must not lead to a second payment.
+    # A retry reattaches only to a generation recorded in task_state_store: without the store (3.1/3.2),
+    # or without the record (writing it failed), a retryable failure must not lead to a second payment.
     context = {} if store is None else {"task_state_store": store}
     recorded = store is not None and store.get(STATE_STORE_KEY) is not None
     expected = KlingFxRetryWouldResubmitError if not recorded and converted else type(error)
@@ -237,6 +306,10 @@ def test_airflow_failing_a_deferred_task_is_no_second_payment_either(reason):
     """Airflow resumes a task with ``__fail__`` when its defer timeout passes or the trigger crashed."""
     with pytest.raises(KlingFxRetryWouldResubmitError, match="g:7"):
         operator().resume_execution("__fail__", {"error": reason}, {"ti": TaskInstance("g:7")})
+    with pytest.raises(KlingFxRetryWouldResubmitError, match="g:7"):  # 3.3+, but nothing recorded
+        operator().resume_execution(
+            "__fail__", {"error": reason}, {"ti": TaskInstance("g:7"), "task_state_store": StateStore()}
+        )
     recorded = StateStore(**{STATE_STORE_KEY: {"generation_id": "g:7"}})
     with pytest.raises(AirflowException, match=reason) as info:
         operator().resume_execution(

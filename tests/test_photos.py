@@ -14,9 +14,10 @@ from aiohttp import web
 from PIL import Image
 
 from airflow_provider_klingfx.domain import EffectRequest, KlingFxInvalidInputError
-from airflow_provider_klingfx.images import MAX_IMAGE_BYTES, KlingFxImageError
+from airflow_provider_klingfx.images import HEADER_BYTES, MAX_IMAGE_BYTES, KlingFxImageError
 from airflow_provider_klingfx.photos import KlingFxPhotoAccessError, prepare_photos
 from klingfx_emulator import run_app_in_thread
+from tests.support import free_port
 from tests.test_hook import make_hook
 
 
@@ -36,6 +37,8 @@ def oversized_png() -> bytes:
 
 
 GOOD_PNG = image_bytes((512, 400))
+#: Stored uncompressed: a 1000x300 PNG of 900 KB, its header in the first bytes.
+BIG_PANORAMA = image_bytes((1000, 300), "PNG", compress_level=0)
 #: A photo per rule, and the words its one-line error must contain.
 BAD_PHOTOS = {
     "animated.gif": (image_bytes((640, 480), "GIF"), "format", "is a GIF image: Kling takes JPEG or PNG"),
@@ -206,7 +209,11 @@ def test_a_missing_s3_photo_fails_naming_it(s3_photos, connection, sleeps):
 @pytest.fixture
 def photo_host() -> Iterator[dict]:
     """A photo host on 127.0.0.1 that honours byte ranges (or not) and records what it was asked."""
-    files = {"/me.png": GOOD_PNG, **{f"/{n}": d for n, (d, _, _) in BAD_PHOTOS.items()}}
+    files = {
+        "/me.png": GOOD_PNG,
+        "/big-panorama.png": BIG_PANORAMA,
+        **{f"/{n}": d for n, (d, _, _) in BAD_PHOTOS.items()},
+    }
     seen: list[dict] = []
 
     async def serve(request: web.Request) -> web.StreamResponse:
@@ -238,7 +245,7 @@ def photo_host() -> Iterator[dict]:
     app = web.Application()
     app.router.add_get("/{name}", serve)
     with run_app_in_thread(app) as host:
-        yield {"url": host.url, "seen": seen}
+        yield {"url": host.url, "seen": seen, "files": files}
 
 
 def test_url_photos_are_sent_unread_by_default(photo_host, connection, sleeps):
@@ -263,9 +270,20 @@ def test_a_bad_url_photo_is_rejected_when_checked(photo_host, connection, sleeps
 
 
 def test_a_host_that_ignores_ranges_is_read_only_as_far_as_the_header(photo_host, connection, sleeps):
-    url = f"{photo_host['url']}/panorama.png?ranges=no"
+    # A photo far larger than the header read, answered whole (200, no range): the bytes the
+    # client takes off the connection are counted (urllib3's tell()), not what the server sent.
+    served = photo_host["files"]["/big-panorama.png"]
+    assert len(served) > 10 * HEADER_BYTES
+    url = f"{photo_host['url']}/big-panorama.png?ranges=no"
+    hook = make_hook(sleeps)
+    answers: list = []
+    hook.get_conn().hooks["response"].append(lambda resp, *args, **kwargs: answers.append(resp))
     with pytest.raises(KlingFxImageError, match=r"aspect ratio of 3\.33:1"):
-        prepare_photos(squish(url), make_hook(sleeps), check_urls=True)
+        prepare_photos(squish(url), hook, check_urls=True)
+    (answer,) = answers
+    assert answer.status_code == 200  # the whole file was offered
+    assert 0 < answer.raw.tell() <= HEADER_BYTES
+    assert photo_host["seen"] == [{"path": "/big-panorama.png", "range": "bytes=0-65535", "auth": None}]
 
 
 def test_a_url_the_api_could_not_download_fails_before_paying(photo_host, connection, sleeps, emulator):
@@ -276,13 +294,11 @@ def test_a_url_the_api_could_not_download_fails_before_paying(photo_host, connec
     assert emulator.stats()["requests"] == []
 
 
-def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps, unused_tcp_port):
+def test_an_unreachable_photo_host_is_a_retryable_error(connection, sleeps):
     with pytest.raises(
         KlingFxPhotoAccessError, match=r"image 1 \(http://127.0.0.1:\d+/me.png\) could not be read"
     ):
-        prepare_photos(
-            squish(f"http://127.0.0.1:{unused_tcp_port}/me.png"), make_hook(sleeps), check_urls=True
-        )
+        prepare_photos(squish(f"http://127.0.0.1:{free_port()}/me.png"), make_hook(sleeps), check_urls=True)
     assert len(sleeps.calls) == 3  # the hook's policy: 4 attempts
 
 

@@ -19,6 +19,7 @@ from airflow_provider_klingfx import _health
 from airflow_provider_klingfx.domain import KlingFxTransportError
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
 from tests.conftest import API_KEY, configured
+from tests.support import FakeTime
 from tests.test_trigger import events_of, submit
 
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
@@ -28,7 +29,7 @@ def submit_many(emulator, n: int) -> list[str]:
     from airflow_provider_klingfx.domain import EffectRequest
 
     return [
-        submit(emulator, None, EffectRequest.build("squish", f"{emulator.url}/samples/person-1.png?i={i}"))
+        submit(emulator, EffectRequest.build("squish", f"{emulator.url}/samples/person-1.png?i={i}"))
         for i in range(n)
     ]
 
@@ -139,38 +140,25 @@ async def test_the_gate_is_shared_per_loop_and_key_and_never_named_by_the_key(em
     assert API_KEY not in repr(first._async_gate(settings).health)
 
 
-class FastTime:
-    """Virtual time running 1,000 times faster than the wall clock: one clock, many sleepers."""
-
-    def __init__(self) -> None:
-        self.t0, self.m0 = 1_000_000.0, time.monotonic()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.t0 + (time.monotonic() - self.m0) * 1000
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        await asyncio.sleep(seconds / 1000)
-
-
 async def test_held_polls_resume_spread_over_their_poll_interval_after_one_probe():
-    fast = FastTime()
+    # Virtual time: the gate's dispatcher is its only sleeper, so the clock moves by exactly what it
+    # waits, however slowly a loaded machine runs the test.
+    fast = FakeTime(start=1_000_000.0, hold=True)
     gate = _health.AsyncGate(
-        _health.ApiHealth(name="x", emit=lambda *_: None, random=lambda: 0.5), fast.sleep, fast.clock
+        _health.ApiHealth(name="x", emit=lambda *_: None, random=lambda: 0.5), fast.asleep, fast.clock
     )
     down = KlingFxTransportError("GET /p: could not connect (connection refused)", reached_server=False)
     for _ in range(_health.OUTAGE_AFTER):
         gate.report("poll", down)
     deadline = fast.clock() + 600
     polls = [asyncio.create_task(gate.acquire(deadline, "/p", spread=10.0)) for _ in range(11)]
-    done, _ = await asyncio.wait(polls, return_when=asyncio.FIRST_COMPLETED)
-    (probe,) = done
+    (probe,) = await fast.run_until(*polls)
     assert probe.result() == "probe" and gate.waiting == 10
-    gate.report("probe", down)  # still down: the next probe waits 1.5 s (virtual)
-    done, _ = await asyncio.wait([p for p in polls if not p.done()], return_when=asyncio.FIRST_COMPLETED)
-    (second,) = done
+    assert fast.clock() == 1_000_000.75  # the first probe's slot: 1 s, jittered by 0.75
+    gate.report("probe", down)  # still down: the next probe waits 1.5 s
+    (second,) = await fast.run_until(*[p for p in polls if not p.done()])
     assert second.result() == "probe"
+    assert fast.clock() == 1_000_000.75 + 1.5
     released: list[float] = []
     sent = gate.health.sent
 
@@ -181,8 +169,12 @@ async def test_held_polls_resume_spread_over_their_poll_interval_after_one_probe
     gate.health.sent = record  # type: ignore[method-assign]
     gate.report("probe", None)  # it answered: the other 9 resume over the 10 s interval, 0.9/s
     assert gate.health.state == "recovery" and gate.health.rate == pytest.approx(0.9)
-    assert [await p for p in polls if p not in (probe, second)] == ["poll"] * 9
-    # Paced by the dispatcher: a late loop only widens the gaps; the rate grows 2 %/s at most.
+    resumed = asyncio.gather(*[p for p in polls if p not in (probe, second)])
+    await fast.run_until(resumed)
+    assert resumed.result() == ["poll"] * 9
+    # Paced by the dispatcher: the first at once, then 1/0.9 s apart, the rate growing 2 %/s at most.
     gaps = [b - a for a, b in itertools.pairwise(released)]
     assert len(released) == 9 and min(gaps) > 1 / 0.9 / 1.25
+    assert released[0] == 1_000_000.75 + 1.5
+    assert gaps[0] == pytest.approx(1 / 0.9) and gaps == sorted(gaps, reverse=True)
     assert gate.waiting == 0

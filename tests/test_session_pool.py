@@ -9,7 +9,8 @@ import psutil
 
 from airflow_provider_klingfx import _session_pool
 from airflow_provider_klingfx.triggers.klingfx import KlingFxGenerationTrigger
-from tests.conftest import SleepRecorder, configured
+from tests.conftest import configured
+from tests.support import FakeTime
 from tests.test_hook import make_hook, squish
 
 
@@ -59,7 +60,7 @@ async def test_a_session_closed_by_someone_else_is_replaced(emulator, connection
 
 def test_each_event_loop_has_its_own_session(emulator, connection):
     async def used_session():
-        hook = make_hook(SleepRecorder())
+        hook = make_hook(FakeTime())
         session = await hook.aget_conn()
         await hook.aclose()
         return session
@@ -79,7 +80,7 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
     """40 triggers polling every 20 ms share the pool; cancelling them all (a triggerer stopping,
     or tasks cleared) mid-request closes every connection instead of leaking it."""
     port = emulator_port(emulator)
-    submitter = make_hook(SleepRecorder())
+    submitter = make_hook(FakeTime())
     # Generations pending for the whole test (a generation takes its duration when it is created).
     with configured(emulator, generating_seconds=600.0):
         try:
@@ -89,9 +90,8 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
     # Idle keep-alive connections of sync hooks that earlier tests in this process left open.
     others = sockets_to(port)
 
-    async def short_sleep(seconds: float) -> None:
-        await asyncio.sleep(0.02)
-
+    # Forty pollers of the real clock: each wait is really slept, 20 ms at most.
+    short_sleep = FakeTime(real=0.02).asleep
     triggers = [
         KlingFxGenerationTrigger(gid, deadline=time.time() + 600, poll_interval=0.02, sleep=short_sleep)
         for gid in ids
@@ -109,7 +109,10 @@ async def test_many_triggers_reuse_few_connections_and_cancelling_them_leaves_no
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-    await asyncio.sleep(0.1)  # let the closed transports finish closing
+    # Closed transports finish closing in the next loop iterations: waited for, not timed.
+    deadline = time.monotonic() + 10
+    while sockets_to(port) > others and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
     assert _session_pool.users() == 0
     assert sockets_to(port) <= others
 

@@ -17,15 +17,9 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_klingfx.domain import KlingFxAmbiguousSubmissionError, KlingFxTransportError
-from benchmarks.common import make_tls_cert
 from tests.conftest import faults
+from tests.support import free_port, make_tls_cert
 from tests.test_hook import FAST, make_hook, posts_seen, squish
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -78,14 +72,14 @@ def failing(request, emulator, connection, monkeypatch, tmp_path):
     host = emulator.url
     extra: dict = {}
     if case == "refused":
-        host = f"http://127.0.0.1:{closed_port()}"
+        host = f"http://127.0.0.1:{free_port()}"
     elif case == "dns":
         host = "https://klingfx-nowhere.invalid"
     elif case == "tls-to-plain-http":
         host = emulator.url.replace("http://", "https://")
     elif case == "proxy-refused":
         for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
-            monkeypatch.setenv(name, f"http://127.0.0.1:{closed_port()}")
+            monkeypatch.setenv(name, f"http://127.0.0.1:{free_port()}")
         for name in ("NO_PROXY", "no_proxy"):
             monkeypatch.delenv(name, raising=False)
     elif case == "read-timeout":

@@ -42,6 +42,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from tests.support import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INSTALL_HINT = (
@@ -54,13 +56,6 @@ Shape = Literal["local", "celery"]
 
 class MissingServerError(RuntimeError):
     """A server binary (PostgreSQL, Redis) the ``celery`` shape needs is not installed."""
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def parse_ts(value: str | datetime | None) -> float | None:

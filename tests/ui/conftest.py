@@ -42,7 +42,7 @@ import requests
 from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.airflow_harness import BIN, REPO, AirflowEnv, DagRunResult
 from tests.conftest import API_KEY
-from tests.deployment.harness import free_port
+from tests.support import free_port
 
 PUBLIC_DAG = "test_klingfx_gallery"
 PRIVATE_DAG = "test_klingfx_gallery_private"

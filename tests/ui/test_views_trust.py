@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.airflow_harness import BIN
-from tests.deployment.harness import free_port
+from tests.support import free_port
 from tests.ui.conftest import ATTACK_DAG, PUBLIC_DAG, UiDeployment, start_api_server, stop_api_server
 
 pytestmark = [pytest.mark.deployment, pytest.mark.xdist_group("ui")]

@@ -11,6 +11,7 @@ import pytest
 from airflow_provider_klingfx import _health
 from airflow_provider_klingfx._health import ApiHealth, SyncGate, classify, key_fingerprint
 from airflow_provider_klingfx.domain import KlingFxAPIError, KlingFxTransportError
+from tests.support import FakeTime
 
 
 class Lines:
@@ -183,27 +184,21 @@ def test_a_cancelled_probe_lets_the_next_poll_probe():
 
 
 def test_the_sync_gate_waits_for_probes_then_gives_up_at_the_deadline():
-    now = [1000.0]
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        now[0] += seconds
-
+    fake = FakeTime(start=1000.0)
     h, _ = health()
-    gate = SyncGate(h, sleep, lambda: now[0])
+    gate = SyncGate(h, fake, fake.clock)
     for _ in range(_health.OUTAGE_AFTER):
-        role = gate.acquire(now[0] + 100, "/p")
+        role = gate.acquire(fake.clock() + 100, "/p")
         gate.report(role, KlingFxTransportError("refused", reached_server=False))
-    assert gate.acquire(now[0] + 100, "/p") == "probe"
-    assert sleeps == [0.75]
+    assert gate.acquire(fake.clock() + 100, "/p") == "probe"
+    assert fake.calls == [0.75]
     exc = KlingFxTransportError("refused", reached_server=False)
     gate.report("probe", exc)
     assert _health.was_reported(exc)  # the outage was announced: the poll logs it quietly
     with pytest.raises(
         _health.KlingFxApiUnavailableError, match="not sent before the deadline: the API has not"
     ):
-        gate.acquire(now[0] + 1.0, "/p")  # the next probe is 1.5 s away
+        gate.acquire(fake.clock() + 1.0, "/p")  # the next probe is 1.5 s away
 
 
 def test_gates_are_named_by_a_hash_of_the_key_never_the_key():
