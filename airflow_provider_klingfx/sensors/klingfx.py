@@ -111,7 +111,7 @@ class KlingFxGenerationSensor(KlingFxResultMixin, BaseSensorOperator):
             )
         result: Generation | KlingFxError
         try:
-            result = self.hook.get_generation(self.generation_id, deadline=self._watch.deadline)
+            result = self.hook.get_generation(self.generation_id, deadline=self._watch.deadline, poll=True)
         except KlingFxError as exc:
             result = exc
         step = self._watch.observe(result, time.time())  # raises what waiting cannot fix
