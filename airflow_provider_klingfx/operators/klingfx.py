@@ -29,6 +29,7 @@ from airflow_provider_klingfx.domain import (
     TWO_PERSON_SCENES,
     EffectRequest,
     GenerationError,
+    KlingFxAmbiguousSubmissionError,
     KlingFxAPIError,
     KlingFxAuthError,
     KlingFxConnectionConfigError,
@@ -226,6 +227,22 @@ class Delivered:
     output_path: str | None
 
 
+@dataclass
+class _Claim:
+    """This run's hold on a request in the generation registry, or what it found there (``reused``)."""
+
+    registry: Any
+    key: str
+    owner: str
+    reused: dict[str, Any] | None = None
+
+    def record(self, generation_id: str) -> None:
+        self.registry.record(self.key, self.owner, generation_id)
+
+    def release(self) -> None:
+        self.registry.release(self.key, self.owner)
+
+
 class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     """Render a Kling v1.6 effects video (hug, kiss, squish, ...) from one or two photos.
 
@@ -277,6 +294,13 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         ``generation_id`` (also the return value) and end, for a
         :class:`~airflow_provider_klingfx.sensors.klingfx.KlingFxGenerationSensor` to wait for it
         elsewhere in the DAG ("submit and sense").
+    :param generation_registry: never pay twice for the same photos across DAG runs (event-driven
+        pipelines deliver at least once): a folder (``s3://[conn_id@]bucket/prefix/``, ``gs://…`` or
+        ``file:///…``) with one record per request paid for, keyed by the scene, model, duration and
+        each photo's version (an object's version id or ETag, a local file's content). A run asking
+        for the same photos delivers the generation recorded there instead of submitting; of two runs
+        starting at once, the store lets one create the record (see
+        :mod:`~airflow_provider_klingfx.registry`). Templated. Default: none.
     :param allowed_photo_locations: where photos may come from: storage prefixes with their
         connection (``s3://aws_photos@people/inbox/``), URL prefixes (``https://cdn.example.com/p/``)
         or local folders (``file:///data/photos/``). A photo outside them fails the task before
@@ -297,6 +321,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         "model",
         "output_path",
         "allowed_photo_locations",
+        "generation_registry",
     )
     operator_extra_links = (KlingFxVideoLink(),)
     ui_color = "#f6d1ff"
@@ -319,6 +344,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         allowed_photo_locations: str | Sequence[str] | None = None,
         durable: bool = True,
         wait_for_completion: bool = True,
+        generation_registry: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -337,6 +363,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         self.allowed_photo_locations = allowed_photo_locations
         self.durable = durable
         self.wait_for_completion = wait_for_completion
+        self.generation_registry = generation_registry
         self._generation_id: str | None = None
         #: Set when this run delivered its video (the OpenLineage output).
         self.delivered: Delivered | None = None
@@ -451,6 +478,36 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             "api": hook.settings.create_url,
         }
 
+    def _claim(self, context: Context, request: EffectRequest) -> _Claim | None:
+        """With ``generation_registry``: claim this request's record, or find the generation another
+        run (or try) recorded for the same photos; None without a registry."""
+        if not self.generation_registry:
+            return None
+        from airflow_provider_klingfx.registry import GenerationRegistry, photo_version, request_key
+
+        ti = context["ti"]
+        owner = client_request_id(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+        registry = GenerationRegistry(self.generation_registry)
+        key = request_key(request, [photo_version(ref) for ref in request.image_urls])
+        found = registry.claim(key, owner)
+        if found is None:
+            return _Claim(registry, key, owner)
+        gen_id = str(found["generation_id"])
+        self.log.info(
+            "Delivering generation %s, paid for by %s for the same photos, scene, model and duration "
+            "(generation registry %s); not submitting again",
+            gen_id,
+            found.get("claimed_by"),
+            key,
+        )
+        reused = {
+            "generation_id": gen_id,
+            "submitted_at": found.get("recorded_at"),
+            "request": request.fingerprint(),
+            "api": self.hook.settings.create_url,
+        }
+        return _Claim(registry, key, owner, reused)
+
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
         with self._failure_reported(context):
@@ -471,21 +528,30 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             )
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
-        record = self._reattach(context, hook, request)
+        claim = self._claim(context, request)
+        record = claim.reused if claim else None
+        record = record or self._reattach(context, hook, request)
         submitted = record is None
         if record is not None:
-            # The earlier try that paid for it checked these very photos (same fingerprint).
+            # Whoever paid for it checked these very photos (same fingerprint, or same versions).
             context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request, checked=True))
         else:
-            record = self._submit(context, hook, request)
+            try:
+                record = self._submit(context, hook, request)
+            except BaseException as exc:
+                if claim and not isinstance(exc, KlingFxAmbiguousSubmissionError):
+                    claim.release()  # nothing was paid: the next run may claim these photos
+                raise
         gen_id = str(record["generation_id"])
         self._generation_id = gen_id
         with self._paid_generation(context, gen_id):
             store = _task_state_store(context) if self.durable else None
-            if submitted and store is not None:
+            if (submitted or (claim and claim.reused)) and store is not None:
                 # Inside the guard: if the record cannot be written, a retry could not find this paid
                 # generation, so the failure must not be retried (the guard says so, naming it).
                 store.set(STATE_STORE_KEY, record)
+            if claim and not claim.reused:
+                claim.record(gen_id)
             started_at = time.time()
             submitted_at = float(record.get("submitted_at") or started_at)
             submission_usage = Usage.from_dict(record.get("usage"))

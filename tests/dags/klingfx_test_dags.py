@@ -235,3 +235,22 @@ with DAG(
             retries=1,
             retry_delay=timedelta(seconds=0.5),
         )
+
+with DAG(
+    dag_id="test_klingfx_registry",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "photo": Param("https://example.invalid/p.png", type="string"),
+        "registry": Param("file:///tmp/klingfx-registry", type="string"),
+    },
+):
+    # At-least-once delivery: the same photo can start several runs. One pays; the others deliver it.
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        generation_registry="{{ params.registry }}",
+        poll_interval=0.2,
+    )
