@@ -339,7 +339,7 @@ class KlingFxHook(BaseHook):
     # -- the shared view of the API's health (rate limits, outages) -------------------------
 
     def _hold_limit(self, deadline: float | None) -> float:
-        # A poll with no deadline of its own (a connection test) waits at most one read timeout.
+        # A poll with no deadline of its own waits at the gate at most one read timeout.
         return deadline if deadline is not None else self._clock() + self.read_timeout
 
     def _sync_gate(self, settings: _api.ApiSettings) -> _health.SyncGate | None:
