@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from airflow_provider_klingfx.domain import EffectRequest, KlingFxInvalidInputError, redact_url
@@ -37,12 +37,23 @@ if TYPE_CHECKING:
     from airflow.providers.common.compat.openlineage.facet import Dataset
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-    from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
 #: Storage schemes named differently by the spec than by fsspec / Airflow's object storage.
 _SCHEME_ALIASES = {"gcs": "gs"}
 #: Facet name of :func:`_run_facets` in the run's facets.
 RUN_FACET_NAME = "klingfx"
+
+
+class KlingFxEffectOperator(Protocol):
+    """What lineage reads of the effects operator (a protocol: the operator module imports this one)."""
+
+    effect_scene: Any
+    image_urls: Any
+    duration: Any
+    model: Any
+    output_path: Any
+    delivered: Any
+    log: Any
 
 
 def dataset_naming(ref: object) -> tuple[str, str] | None:

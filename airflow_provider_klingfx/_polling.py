@@ -9,18 +9,23 @@ about deadlines, transient errors or what gets logged.
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_klingfx._api import is_transient
 from airflow_provider_klingfx._health import was_reported
 from airflow_provider_klingfx.domain import KlingFxAPIError
 
 if TYPE_CHECKING:
+    from airflow_provider_klingfx._api import ApiSettings
     from airflow_provider_klingfx.domain import Generation, KlingFxError
 
 #: Shortest sleep between polls, so a misconfigured interval cannot hammer the API.
 MIN_POLL_INTERVAL = 0.05
+#: Longest wait between two polls of a trigger that backs off on its own (``per_trigger``), seconds.
+BACKOFF_MAX = 60.0
 #: Seconds after its submission during which a generation the API does not know (404) is polled on.
 #: An API that is briefly eventually consistent answers 404 just after a create; ending the wait
 #: there would fail the task, and its retry would pay for a new generation. Past it, 404 is final.
@@ -99,6 +104,10 @@ class GenerationWatch:
     :param schedule: ``fixed`` (every ``poll_interval``) or ``adaptive``
         (:func:`adaptive_poll_delay`).
     :param expected_seconds: how long a generation usually takes, for the adaptive schedule.
+    :param backoff: back off after each failure in a row (exponential from the poll interval, up to
+        :data:`BACKOFF_MAX`, equal jitter, at least the ``Retry-After`` the API asked): the polls of
+        a ``per_trigger`` connection, which no shared gate paces.
+    :param random: a ``[0, 1)`` source for the jitter (tests pass a seeded one).
     """
 
     generation_id: str
@@ -107,11 +116,29 @@ class GenerationWatch:
     submitted_at: float | None = None
     schedule: str = "fixed"
     expected_seconds: float = 120.0
+    backoff: bool = False
+    random: Callable[[], float] = field(default=random.random, repr=False)
     last_status: str | None = None
     last_error: str | None = None
     polls: int = 0
     consecutive_failures: int = 0
     unreported_failures: int = 0
+
+    @classmethod
+    def for_settings(cls, settings: ApiSettings, generation_id: str, **kwargs: Any) -> GenerationWatch:
+        """A watch with the connection's poll schedule, and its own back-off where no gate paces it.
+
+        :param settings: the connection's settings.
+        :param generation_id: the vendor's generation id.
+        :param kwargs: the other fields (``deadline``, ``poll_interval``, ``submitted_at``).
+        """
+        return cls(
+            generation_id,
+            schedule=settings.poll_schedule,
+            expected_seconds=settings.expected_seconds,
+            backoff=settings.poll_coordination != "shared",
+            **kwargs,
+        )
 
     def elapsed(self, now: float) -> float:
         """Seconds since submission."""
@@ -120,7 +147,7 @@ class GenerationWatch:
     def observe(self, result: Generation | KlingFxError, now: float) -> PollStep:
         """Digest one poll's result.
 
-        :param result: the fetched generation, or the error the fetch raised after its own retries.
+        :param result: the fetched generation, or the error the poll raised (one attempt: see _retry).
         :param now: current epoch seconds.
         :raises KlingFxError: ``result`` itself when it is an error that waiting cannot fix
             (bad key, unknown generation, ...).
@@ -185,7 +212,12 @@ class GenerationWatch:
         if remaining <= 0:
             step.timed_out = True
             return step
-        step.sleep = max(MIN_POLL_INTERVAL, min(self.next_delay(elapsed), remaining))
+        delay = self.next_delay(elapsed)
+        if self.backoff and self.consecutive_failures:
+            wait = min(BACKOFF_MAX, self.poll_interval * 2.0 ** (self.consecutive_failures - 1))
+            retry_after = getattr(result, "retry_after", None)
+            delay = max(wait * (0.5 + 0.5 * self.random()), retry_after or 0.0)
+        step.sleep = max(MIN_POLL_INTERVAL, min(delay, remaining))
         return step
 
     def next_delay(self, elapsed: float) -> float:

@@ -1,9 +1,39 @@
-"""One retry policy (tenacity) for the sync and async paths.
+"""The one retry story: which layer answers which failure, and the retry policy of one call.
 
-Capped exponential back-off with full jitter; a ``Retry-After`` from the API wins over the
-computed wait. What may be retried is decided by :func:`airflow_provider_klingfx._api.is_retryable`.
-An optional absolute deadline stops the retries before a wait would cross it, so one call never
-runs past the deadline of the wait it belongs to.
+Three kinds of request, three layers, and each failure answered by exactly one of them:
+
+=====================  =======================  ==============================  =====================
+failure                create (POST)            poll (trigger, worker-side       one-off read (reattach,
+                                                wait, sensor)                    connection test, photo
+                                                                                 header, video download)
+=====================  =======================  ==============================  =====================
+could not connect      :class:`RetryPolicy`:    the gate counts it (an outage   :class:`RetryPolicy`
+(nothing was sent)     sent again               after 5 in a row); the watch
+                                                polls again at its interval
+lost, read timeout     not sent again:          as above                        :class:`RetryPolicy`
+(maybe received)       ambiguous, no retry
+429                    :class:`RetryPolicy`,    the gate: the rate drops for    :class:`RetryPolicy`,
+                       after ``Retry-After``    every poll, ``Retry-After``     after ``Retry-After``
+                                                pauses them all
+5xx                    503 sent again; 500,     the gate counts it; the watch   :class:`RetryPolicy`
+                       502, 504 ambiguous       polls again at its interval
+outage                 :class:`RetryPolicy`     the gate holds every poll and   :class:`RetryPolicy`
+                       gives up (nothing paid)  probes with one at a time
+unknown id (404)       n/a                      the watch polls on for 60 s     reattach: submit anew;
+                                                after the create, then fails    others: fail
+=====================  =======================  ==============================  =====================
+
+* **create**: :class:`RetryPolicy` sends a create again only when it provably did not reach the API
+  (:func:`~airflow_provider_klingfx._api.is_safe_to_resubmit`); anything else that failed after it may
+  have reached the API fails without retries, for no one (not even Airflow) may pay twice.
+* **poll**: one attempt each; :class:`~airflow_provider_klingfx._polling.GenerationWatch` decides when
+  the next one goes, and the shared gate (:mod:`~airflow_provider_klingfx._health`) when it may be
+  sent. With the connection's ``poll_coordination: per_trigger`` there is no gate: the watch itself
+  backs off after each failure in a row (exponential, jittered, at least ``Retry-After``).
+* **one-off read**: :class:`RetryPolicy`, idempotent: every transient failure is tried again.
+
+:class:`RetryPolicy` is capped exponential back-off with full jitter; a ``Retry-After`` wins over
+the computed wait. An optional absolute deadline stops the retries before a wait would cross it.
 """
 
 from __future__ import annotations
@@ -12,16 +42,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import tenacity
 
 from airflow_provider_klingfx._api import is_retryable
-from airflow_provider_klingfx._health import was_reported
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -60,11 +87,7 @@ class RetryPolicy:
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             wait = state.next_action.sleep if state.next_action else 0.0
-            # An outage or throttling the shared gate has announced: one line in the process log
-            # says it, not one per poll (see airflow_provider_klingfx._health).
-            level = logging.DEBUG if exc is not None and was_reported(exc) else logging.WARNING
-            logger.log(
-                level,
+            logger.warning(
                 "%s failed (attempt %d of %d): %s; retrying in %.1fs",
                 what,
                 state.attempt_number,
@@ -125,78 +148,3 @@ class RetryPolicy:
             sleep=sleep,
             **self._kwargs(idempotent=idempotent, what=what, logger=logger, deadline=deadline, clock=clock),
         )
-
-    def call(
-        self,
-        fn: Callable[[], T],
-        *,
-        idempotent: bool,
-        what: str,
-        sleep: Callable[[float], None],
-        logger: Any = None,
-        deadline: float | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> T:
-        """Call ``fn`` under this policy: the first attempt bare, the rest through :meth:`retrying`.
-
-        Nearly every call succeeds at once. A triggerer polling 5,000 generations spends most of its
-        per-poll CPU outside the HTTP request itself in tenacity's machinery and the garbage it leaves
-        (``make bench``: 1.78x the CPU of a bare GET loop with a retrier per call); so the retrier is
-        built only once a first attempt has failed, and that failure is replayed to it as its
-        attempt 1. Waits, stop and log lines are then exactly those of :meth:`retrying`.
-
-        :param fn: the call (no arguments).
-        :param idempotent: True for fetches (retry every transient error), False for creates.
-        :param what: the call, for the log line.
-        :param sleep: the sleep to use (tests pass a recorder).
-        :param logger: where retries are logged.
-        :param deadline: epoch seconds; no retry wait may end past it.
-        :param clock: the epoch clock the deadline is read against.
-        """
-        try:
-            return fn()
-        except Exception as exc:
-            if self.max_attempts <= 1 or not is_retryable(exc, idempotent=idempotent):
-                raise
-            first_failure = exc
-        retrying = self.retrying(
-            idempotent=idempotent, what=what, sleep=sleep, logger=logger, deadline=deadline, clock=clock
-        )
-        for attempt in retrying:
-            with attempt:
-                _replay(first_failure, attempt)
-                return fn()
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
-    async def acall(
-        self,
-        fn: Callable[[], Awaitable[T]],
-        *,
-        idempotent: bool,
-        what: str,
-        sleep: Callable[[float], Awaitable[Any]],
-        logger: Any = None,
-        deadline: float | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> T:
-        """The async twin of :meth:`call`, through :meth:`async_retrying`."""
-        try:
-            return await fn()
-        except Exception as exc:
-            if self.max_attempts <= 1 or not is_retryable(exc, idempotent=idempotent):
-                raise
-            first_failure = exc
-        retrying = self.async_retrying(
-            idempotent=idempotent, what=what, sleep=sleep, logger=logger, deadline=deadline, clock=clock
-        )
-        async for attempt in retrying:
-            with attempt:
-                _replay(first_failure, attempt)
-                return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
-
-
-def _replay(first_failure: Exception, attempt: tenacity.AttemptManager) -> None:
-    """Raise the already-seen failure as tenacity's attempt 1, so it counts and sets the back-off."""
-    if attempt.retry_state.attempt_number == 1:
-        raise first_failure

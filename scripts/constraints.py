@@ -19,6 +19,7 @@ The files hold ``name==version`` lines only, in the shape of Airflow's own const
     python scripts/constraints.py                 # every version and Python below (make constraints)
     python scripts/constraints.py 3.1.8           # one Airflow version, every Python
     python scripts/constraints.py 3.1.8 --python 3.10
+    python scripts/constraints.py --upgrade       # the newest releases (else the current pins stay)
 
 Regenerate after adding a dependency, when moving a supported line to a new patch release, or when the
 drift job (``make drift``) shows that newer releases pass; then run ``.ci/run`` before committing.
@@ -66,7 +67,7 @@ def constraints_path(airflow: str, python: str) -> Path:
     return OUT / airflow / f"constraints-{python}.txt"
 
 
-def compile_one(airflow: str, python: str) -> Path:
+def compile_one(airflow: str, python: str, *, upgrade: bool = False) -> Path:
     target = constraints_path(airflow, python)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,6 +77,10 @@ def compile_one(airflow: str, python: str) -> Path:
         # emulator's dependency) in the package registry, where the working tree's versions are not.
         requirements.write_text(f"apache-airflow=={airflow}\n-e {ROOT}[{','.join(EXTRAS)}]\n-e {EMULATOR}\n")
         raw = Path(tmp) / "out.txt"
+        if target.exists() and not upgrade:
+            # uv keeps the versions an existing output file pins, where they still resolve: adding
+            # a dependency moves only what it must, as a lock file would.
+            shutil.copy(target, raw)
         cmd = [
             uv(),
             "pip",
@@ -148,12 +153,15 @@ def main() -> None:
     parser.add_argument(
         "--diff", type=Path, metavar="FILE", help="only compare this interpreter's packages with FILE"
     )
+    parser.add_argument(
+        "--upgrade", action="store_true", help="take the newest releases, not the versions pinned now"
+    )
     args = parser.parse_args()
     if args.diff:
         sys.exit(diff(args.diff))
     for airflow in args.airflow:
         for python in args.python or PYTHONS:
-            path = compile_one(airflow, python)
+            path = compile_one(airflow, python, upgrade=args.upgrade)
             print(f"{path.relative_to(ROOT)}: {len(read_pins(path))} pins", flush=True)
 
 

@@ -229,7 +229,6 @@ class KlingFxHook(BaseHook):
         self._async_session: aiohttp.ClientSession | None = None
         self._async_proxy: tuple[str | None] | None = None  # (proxy,) once resolved
         self._sync_health_gate: _health.SyncGate | None = None
-        self._async_health_gate: tuple[asyncio.AbstractEventLoop, _health.AsyncGate] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(klingfx_conn_id={self.klingfx_conn_id!r})"
@@ -340,7 +339,7 @@ class KlingFxHook(BaseHook):
     # -- the shared view of the API's health (rate limits, outages) -------------------------
 
     def _hold_limit(self, deadline: float | None) -> float:
-        # A poll with no deadline of its own (a connection test) waits at most one read timeout.
+        # A poll with no deadline of its own waits at the gate at most one read timeout.
         return deadline if deadline is not None else self._clock() + self.read_timeout
 
     def _sync_gate(self, settings: _api.ApiSettings) -> _health.SyncGate | None:
@@ -360,18 +359,13 @@ class KlingFxHook(BaseHook):
         """The running event loop's gate for this API and key, shared with every other hook."""
         if settings.poll_coordination != "shared":
             return None
-        loop = asyncio.get_running_loop()
-        if self._async_health_gate is None or self._async_health_gate[0] is not loop:
-            # Looked up once per hook and loop: the lookup hashes the key.
-            gate = _health.async_gate(
-                settings.base_url,
-                settings.api_key.reveal(),
-                max_rate=settings.max_polls_per_second,
-                clock=self._clock,
-                sleep=self._async_sleep,
-            )
-            self._async_health_gate = (loop, gate)
-        return self._async_health_gate[1]
+        return _health.async_gate(
+            settings.base_url,
+            settings.api_key.reveal(),
+            max_rate=settings.max_polls_per_second,
+            clock=self._clock,
+            sleep=self._async_sleep,
+        )
 
     # -- sync I/O ---------------------------------------------------------------------------
 
@@ -442,9 +436,10 @@ class KlingFxHook(BaseHook):
         body: Any = None,
         client_request_id: str | None = None,
         deadline: float | None = None,
+        poll: bool = False,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
-        gate = self._sync_gate(settings) if method == "GET" else None
+        gate = self._sync_gate(settings) if poll else None
 
         def attempt() -> tuple[Any, Mapping[str, str]]:
             if gate is None:
@@ -458,16 +453,18 @@ class KlingFxHook(BaseHook):
             gate.report(role, None)
             return answer
 
+        if poll:
+            return attempt()  # one attempt: the watch and the gate answer its failures (see _retry)
+        retrying = self.retry_policy.retrying(
+            idempotent=method == "GET",
+            what=f"{method} {settings.path}",
+            sleep=self._sleep,
+            logger=self.log,
+            deadline=deadline,
+            clock=self._clock,
+        )
         try:
-            return self.retry_policy.call(
-                attempt,
-                idempotent=method == "GET",
-                what=f"{method} {settings.path}",
-                sleep=self._sleep,
-                logger=self.log,
-                deadline=deadline,
-                clock=self._clock,
-            )
+            return retrying(attempt)
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
@@ -489,14 +486,21 @@ class KlingFxHook(BaseHook):
         )
         return _api.parse_submission(payload, headers)
 
-    def get_generation(self, generation_id: str, *, deadline: float | None = None) -> Generation:
+    def get_generation(
+        self, generation_id: str, *, deadline: float | None = None, poll: bool = False
+    ) -> Generation:
         """Fetch a generation's current state.
 
         :param generation_id: the vendor's generation id.
         :param deadline: epoch seconds; retries and request timeouts never reach past it.
+        :param poll: one poll of a wait (one attempt, through the shared gate; the caller's
+            :class:`~airflow_provider_klingfx._polling.GenerationWatch` answers its failures), rather
+            than a one-off read (retried by the hook's policy). See :mod:`~airflow_provider_klingfx._retry`.
         """
         settings = self.settings
-        payload, headers = self._call("GET", settings.fetch_url(generation_id), settings, deadline=deadline)
+        payload, headers = self._call(
+            "GET", settings.fetch_url(generation_id), settings, deadline=deadline, poll=poll
+        )
         return Generation.from_api(payload, headers)
 
     def wait_for_generation(
@@ -524,18 +528,17 @@ class KlingFxHook(BaseHook):
         """
         now = self._clock()
         start = now if started_at is None else started_at
-        watch = GenerationWatch(
+        watch = GenerationWatch.for_settings(
+            self.settings,
             generation_id,
             deadline=start + timeout,
             poll_interval=poll_interval,
             submitted_at=now if submitted_at is None else submitted_at,
-            schedule=self.settings.poll_schedule,
-            expected_seconds=self.settings.expected_seconds,
         )
         while True:
             result: Generation | KlingFxError
             try:
-                result = self.get_generation(generation_id, deadline=watch.deadline)
+                result = self.get_generation(generation_id, deadline=watch.deadline, poll=True)
             except KlingFxError as exc:
                 result = exc
             step = watch.observe(result, self._clock())
@@ -638,9 +641,10 @@ class KlingFxHook(BaseHook):
                     requests_transport_kind(exc), "GET", path, type(exc).__name__
                 ) from None
 
-        return self.retry_policy.call(
-            attempt, idempotent=True, what="read of a photo's header", sleep=self._sleep, logger=self.log
+        retrying = self.retry_policy.retrying(
+            idempotent=True, what="read of a photo's header", sleep=self._sleep, logger=self.log
         )
+        return retrying(attempt)
 
     def test_connection(self) -> tuple[bool, str]:
         """Check the key with a fetch of a generation that cannot exist: no paid call is made."""
@@ -725,15 +729,16 @@ class KlingFxHook(BaseHook):
         body: Any = None,
         client_request_id: str | None = None,
         deadline: float | None = None,
+        poll: bool = False,
         spread: float = 0.0,
     ) -> tuple[Any, Mapping[str, str]]:
         headers = _api.build_headers(settings, client_request_id=client_request_id)
-        gate = self._async_gate(settings) if method == "GET" else None
+        gate = self._async_gate(settings) if poll else None
 
         async def attempt() -> tuple[Any, Mapping[str, str]]:
             if gate is None:
                 return await self._asend(method, url, settings.path, headers, body, deadline)
-            role = gate.try_acquire() or await gate.acquire(self._hold_limit(deadline), settings.path, spread)
+            role = await gate.acquire(self._hold_limit(deadline), settings.path, spread)
             try:
                 answer = await self._asend(method, url, settings.path, headers, body, deadline)
             except KlingFxError as exc:
@@ -745,16 +750,18 @@ class KlingFxHook(BaseHook):
             gate.report(role, None)
             return answer
 
+        if poll:
+            return await attempt()  # one attempt: the watch and the gate answer its failures (see _retry)
+        retrying = self.retry_policy.async_retrying(
+            idempotent=method == "GET",
+            what=f"{method} {settings.path}",
+            sleep=self._async_sleep,
+            logger=self.log,
+            deadline=deadline,
+            clock=self._clock,
+        )
         try:
-            return await self.retry_policy.acall(
-                attempt,
-                idempotent=method == "GET",
-                what=f"{method} {settings.path}",
-                sleep=self._async_sleep,
-                logger=self.log,
-                deadline=deadline,
-                clock=self._clock,
-            )
+            return await retrying(attempt)
         except KlingFxError as exc:
             if method == "POST":
                 raise _api.submission_failure(exc) from None
@@ -771,11 +778,11 @@ class KlingFxHook(BaseHook):
     async def aget_generation(
         self, generation_id: str, *, deadline: float | None = None, poll_interval: float = 0.0
     ) -> Generation:
-        """Async twin of :meth:`get_generation`.
+        """One poll of a generation (the trigger's): the async twin of ``get_generation(poll=True)``.
 
-        The poll goes through the event loop's shared view of the API (see
+        One attempt, through the event loop's shared view of the API (see
         :mod:`airflow_provider_klingfx._health`): it may wait for its turn while the API rate-limits
-        the key or is down, never past ``deadline``.
+        the key or is down, never past ``deadline``. The caller's watch answers its failures.
 
         :param generation_id: the vendor's generation id.
         :param deadline: epoch seconds; retries, request timeouts and waiting for a turn never
@@ -785,7 +792,12 @@ class KlingFxHook(BaseHook):
         """
         settings = await self.aget_settings()
         payload, headers = await self._acall(
-            "GET", settings.fetch_url(generation_id), settings, deadline=deadline, spread=poll_interval
+            "GET",
+            settings.fetch_url(generation_id),
+            settings,
+            deadline=deadline,
+            poll=True,
+            spread=poll_interval,
         )
         return Generation.from_api(payload, headers)
 

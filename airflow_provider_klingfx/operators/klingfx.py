@@ -29,6 +29,7 @@ from airflow_provider_klingfx.domain import (
     TWO_PERSON_SCENES,
     EffectRequest,
     GenerationError,
+    KlingFxAmbiguousSubmissionError,
     KlingFxAPIError,
     KlingFxAuthError,
     KlingFxConnectionConfigError,
@@ -157,9 +158,14 @@ def request_summary(request: EffectRequest, *, checked: bool = False) -> dict[st
 
 
 class KlingFxResultMixin:
-    """Pushes a finished generation's XComs and logs its summary; shared by the operator and sensor."""
+    """Delivers a finished generation, alike for the operator and the sensor: its XComs, the log line
+    with its cost, the saved copy at ``output_path`` and the Asset outlets' events."""
 
     log: Any
+    hook: Any
+    output_path: Any
+    outlets: Any
+    delivered: Delivered | None
 
     def _push_result(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
         ti = context["ti"]
@@ -181,6 +187,31 @@ class KlingFxResultMixin:
             )
         return video.url
 
+    def _deliver(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
+        url = self._push_result(context, generation_id, video, usage)
+        saved: str | None = None
+        if self.output_path:
+            from airflow_provider_klingfx.media import save_video
+
+            saved = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
+            context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=saved)
+        self._describe_outlets(context, generation_id, video, saved)
+        self.delivered = Delivered(generation_id, video.url, saved)
+        return url
+
+    def _describe_outlets(
+        self, context: Context, generation_id: str, video: Video, saved: str | None
+    ) -> None:
+        """Attach the new video to each Asset outlet's event, for DAGs scheduled on that Asset."""
+        if not self.outlets:
+            return
+        from airflow.sdk import Asset
+
+        extra = {"generation_id": generation_id, "video_url": video.url, "output_path": saved}
+        for outlet in self.outlets:
+            if isinstance(outlet, Asset):
+                context["outlet_events"][outlet].extra.update(extra)
+
 
 @dataclass(frozen=True)
 class Delivered:
@@ -194,6 +225,22 @@ class Delivered:
     generation_id: str
     video_url: str
     output_path: str | None
+
+
+@dataclass
+class _Claim:
+    """This run's hold on a request in the generation registry, or what it found there (``reused``)."""
+
+    registry: Any
+    key: str
+    owner: str
+    reused: dict[str, Any] | None = None
+
+    def record(self, generation_id: str) -> None:
+        self.registry.record(self.key, self.owner, generation_id)
+
+    def release(self) -> None:
+        self.registry.release(self.key, self.owner)
 
 
 class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
@@ -236,6 +283,24 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     :param output_path: where to save the video (``str`` or ``ObjectStoragePath``, any scheme Airflow's
         object storage supports; ``s3://<conn_id>@bucket/key`` picks a connection). Templated. When
         set, the video is streamed there after completion and XCom ``output_path`` names it.
+    :param durable: durable execution, as Airflow's own operators name it (default True): the
+        generation's id is kept in the task state store (Airflow 3.3+), and a retry of the task
+        reattaches to the generation an earlier try paid for, if it was made from the same request at
+        the same API, instead of submitting (and paying for) a new one. Before Airflow 3.3 there is no
+        store, so a failure after the submission fails the task without retries, naming the
+        generation. ``False``: every try submits a new generation and failures are retried like any
+        other, each retry paying again.
+    :param wait_for_completion: wait for the video (default). ``False``: submit, push XCom
+        ``generation_id`` (also the return value) and end, for a
+        :class:`~airflow_provider_klingfx.sensors.klingfx.KlingFxGenerationSensor` to wait for it
+        elsewhere in the DAG ("submit and sense").
+    :param generation_registry: never pay twice for the same photos across DAG runs (event-driven
+        pipelines deliver at least once): a folder (``s3://[conn_id@]bucket/prefix/``, ``gs://…`` or
+        ``file:///…``) with one record per request paid for, keyed by the scene, model, duration and
+        each photo's version (an object's version id or ETag, a local file's content). A run asking
+        for the same photos delivers the generation recorded there instead of submitting; of two runs
+        starting at once, the store lets one create the record (see
+        :mod:`~airflow_provider_klingfx.registry`). Templated. Default: none.
     :param allowed_photo_locations: where photos may come from: storage prefixes with their
         connection (``s3://aws_photos@people/inbox/``), URL prefixes (``https://cdn.example.com/p/``)
         or local folders (``file:///data/photos/``). A photo outside them fails the task before
@@ -256,6 +321,7 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         "model",
         "output_path",
         "allowed_photo_locations",
+        "generation_registry",
     )
     operator_extra_links = (KlingFxVideoLink(),)
     ui_color = "#f6d1ff"
@@ -276,6 +342,9 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         check_image_urls: bool = False,
         presign_expires: float | timedelta = 3600,
         allowed_photo_locations: str | Sequence[str] | None = None,
+        durable: bool = True,
+        wait_for_completion: bool = True,
+        generation_registry: str | ObjectStoragePath | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -292,6 +361,9 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         self.check_image_urls = check_image_urls
         self.presign_expires = _seconds(presign_expires)
         self.allowed_photo_locations = allowed_photo_locations
+        self.durable = durable
+        self.wait_for_completion = wait_for_completion
+        self.generation_registry = generation_registry
         self._generation_id: str | None = None
         #: Set when this run delivered its video (the OpenLineage output).
         self.delivered: Delivered | None = None
@@ -318,15 +390,20 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
         )
 
     def _reattach(self, context: Context, hook: KlingFxHook, request: EffectRequest) -> dict[str, Any] | None:
-        """Find a generation an earlier try (or run before a clear) submitted for the same request.
+        """Durable execution: find a generation an earlier try (or run before a clear) submitted for
+        the same request.
 
         Airflow 3.3+ keeps ``task_state_store`` across retries and clears of a task instance. The
-        stored generation is reused only if it was made from the same request (same fingerprint)
-        and is still running or done; otherwise a new one is submitted, and the log says why.
+        stored generation is reused only if it was made from the same request (same fingerprint) at
+        the same API, and is still running or done; otherwise a new one is submitted, and the log
+        says why. Airflow 3.3's ``ResumableJobMixin`` builds the same on the same store, for the sync
+        path only; it is not used here: the deferrable path (the default) is outside it, its record
+        is a bare job id where reattaching safely needs the request's fingerprint and the API's URL
+        beside it, and Airflow 3.1/3.2 do not have it.
 
         :returns: the stored record (``generation_id``, ``submitted_at``, ``usage``), or None.
         """
-        store = _task_state_store(context)
+        store = _task_state_store(context) if self.durable else None
         stored = store.get(STATE_STORE_KEY) if store is not None else None
         if not isinstance(stored, dict) or not stored.get("generation_id"):
             return None
@@ -401,6 +478,36 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             "api": hook.settings.create_url,
         }
 
+    def _claim(self, context: Context, request: EffectRequest) -> _Claim | None:
+        """With ``generation_registry``: claim this request's record, or find the generation another
+        run (or try) recorded for the same photos; None without a registry."""
+        if not self.generation_registry:
+            return None
+        from airflow_provider_klingfx.registry import GenerationRegistry, photo_version, request_key
+
+        ti = context["ti"]
+        owner = client_request_id(ti.dag_id, ti.run_id, ti.task_id, getattr(ti, "map_index", -1))
+        registry = GenerationRegistry(self.generation_registry)
+        key = request_key(request, [photo_version(ref) for ref in request.image_urls])
+        found = registry.claim(key, owner)
+        if found is None:
+            return _Claim(registry, key, owner)
+        gen_id = str(found["generation_id"])
+        self.log.info(
+            "Delivering generation %s, paid for by %s for the same photos, scene, model and duration "
+            "(generation registry %s); not submitting again",
+            gen_id,
+            found.get("claimed_by"),
+            key,
+        )
+        reused = {
+            "generation_id": gen_id,
+            "submitted_at": found.get("recorded_at"),
+            "request": request.fingerprint(),
+            "api": self.hook.settings.create_url,
+        }
+        return _Claim(registry, key, owner, reused)
+
     def execute(self, context: Context) -> str:
         """Validate, submit (or reattach), then wait for the video."""
         with self._failure_reported(context):
@@ -421,21 +528,30 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             )
         hook = self.hook
         hook.settings  # noqa: B018 - validate the connection (key, URL) before any HTTP call
-        record = self._reattach(context, hook, request)
+        claim = self._claim(context, request)
+        record = claim.reused if claim else None
+        record = record or self._reattach(context, hook, request)
         submitted = record is None
         if record is not None:
-            # The earlier try that paid for it checked these very photos (same fingerprint).
+            # Whoever paid for it checked these very photos (same fingerprint, or same versions).
             context["ti"].xcom_push(key=XCOM_REQUEST, value=request_summary(request, checked=True))
         else:
-            record = self._submit(context, hook, request)
+            try:
+                record = self._submit(context, hook, request)
+            except BaseException as exc:
+                if claim and not isinstance(exc, KlingFxAmbiguousSubmissionError):
+                    claim.release()  # nothing was paid: the next run may claim these photos
+                raise
         gen_id = str(record["generation_id"])
         self._generation_id = gen_id
         with self._paid_generation(context, gen_id):
-            store = _task_state_store(context)
-            if submitted and store is not None:
+            store = _task_state_store(context) if self.durable else None
+            if (submitted or (claim and claim.reused)) and store is not None:
                 # Inside the guard: if the record cannot be written, a retry could not find this paid
                 # generation, so the failure must not be retried (the guard says so, naming it).
                 store.set(STATE_STORE_KEY, record)
+            if claim and not claim.reused:
+                claim.record(gen_id)
             started_at = time.time()
             submitted_at = float(record.get("submitted_at") or started_at)
             submission_usage = Usage.from_dict(record.get("usage"))
@@ -444,6 +560,13 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             # The extra link is evaluated after a run that ends by deferring too; clear what it reads
             # so it never shows a previous try's video.
             ti.xcom_push(key=XCOM_VIDEO, value=None)
+            if not self.wait_for_completion:
+                self.log.info(
+                    "Not waiting for generation %s (wait_for_completion=False): a "
+                    "KlingFxGenerationSensor on this task's return value delivers its video",
+                    gen_id,
+                )
+                return gen_id
             if not self.deferrable:
                 generation = hook.wait_for_generation(
                     gen_id,
@@ -503,7 +626,9 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
             yield
         except (Exception, AirflowTaskTimeout) as exc:
             retryable = not isinstance(exc, AirflowFailException | AirflowSkipException)
-            if not retryable or generation_id is None or self._recorded(context, generation_id):
+            if not retryable or generation_id is None or not self.durable:
+                raise  # (not durable: the user asked for every retry to submit, and pay, again)
+            if self._recorded(context, generation_id):
                 raise
             if isinstance(exc, AirflowTaskTimeout):
                 self.on_kill()  # Airflow calls it for the timeout it sees; it will see this error instead
@@ -556,31 +681,6 @@ class KlingFxEffectOperator(KlingFxResultMixin, BaseOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str:
         """Resume after the trigger: return the video URL, or raise the typed error the event names."""
         return self._deliver(context, *raise_for_event(event))
-
-    def _deliver(self, context: Context, generation_id: str, video: Video, usage: Usage | None) -> str:
-        url = self._push_result(context, generation_id, video, usage)
-        saved: str | None = None
-        if self.output_path:
-            from airflow_provider_klingfx.media import save_video
-
-            saved = save_video(self.hook, generation_id, video, self.output_path, log=self.log)
-            context["ti"].xcom_push(key=XCOM_OUTPUT_PATH, value=saved)
-        self._describe_outlets(context, generation_id, video, saved)
-        self.delivered = Delivered(generation_id, video.url, saved)
-        return url
-
-    def _describe_outlets(
-        self, context: Context, generation_id: str, video: Video, saved: str | None
-    ) -> None:
-        """Attach the new video to each Asset outlet's event, for DAGs scheduled on that Asset."""
-        if not self.outlets:
-            return
-        from airflow.sdk import Asset
-
-        extra = {"generation_id": generation_id, "video_url": video.url, "output_path": saved}
-        for outlet in self.outlets:
-            if isinstance(outlet, Asset):
-                context["outlet_events"][outlet].extra.update(extra)
 
     def get_openlineage_facets_on_start(self) -> Any:
         """OpenLineage (called by its provider, if enabled): the photos as input datasets, as given

@@ -164,13 +164,12 @@ class KlingFxGenerationTrigger(BaseTrigger):
             except KlingFxError as exc:
                 self.log.error("Generation %s: %s", self.generation_id, exc)
                 return error_event(self.generation_id, exc)
-        watch = GenerationWatch(
+        watch = GenerationWatch.for_settings(
+            settings,
             self.generation_id,
             deadline=self.deadline,
             poll_interval=self.poll_interval,
             submitted_at=self.submitted_at,
-            schedule=settings.poll_schedule,
-            expected_seconds=settings.expected_seconds,
         )
         return await self._poll(hook, watch)
 

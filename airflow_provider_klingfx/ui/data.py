@@ -29,6 +29,7 @@ from airflow_provider_klingfx.operators.klingfx import (
     KlingFxEffectOperator,
 )
 from airflow_provider_klingfx.operators.preview import XCOM_PREVIEW, KlingFxPreviewOperator
+from airflow_provider_klingfx.sensors.klingfx import KlingFxGenerationSensor
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -42,8 +43,12 @@ GENERATION_KEYS: Final = (
     XCOM_OUTPUT_PATH,
     XCOM_ERROR,
 )
-#: The operators whose task instances are generations (``task_instance.operator``: the class name).
-GENERATION_OPERATORS: Final = (KlingFxEffectOperator.__name__,)
+#: The operators whose task instances are generations (``task_instance.operator``: the class name):
+#: the effects operator, and the sensor that waits for a generation it submitted without waiting.
+GENERATION_OPERATORS: Final = (KlingFxEffectOperator.__name__, KlingFxGenerationSensor.__name__)
+#: The XComs that make a task instance of those operators a generation to show: the effects operator
+#: pushes ``request`` first, the sensor ``generation_id`` (a skipped or unstarted one pushed neither).
+IDENTIFYING_KEYS: Final = (XCOM_REQUEST, XCOM_GENERATION_ID)
 #: The operators whose ``preview`` XCom names a generation's GIF and poster.
 PREVIEW_OPERATORS: Final = (KlingFxPreviewOperator.__name__,)
 #: How many of the newest runs with generations a gallery shows, at most.
@@ -211,7 +216,8 @@ def _query(run_filter: Any, generation_filter: Any) -> Any:
 def _views(session: Session, stmt: Any) -> list[GenerationView]:
     """The generations the rows of :func:`_query` make, each with its preview, in the rows' order.
 
-    A task instance that pushed no ``request`` is not shown (a skipped or not yet started one).
+    A task instance that pushed none of :data:`IDENTIFYING_KEYS` is not shown (a skipped or not yet
+    started one).
     """
     views: dict[tuple[str, str, str, int], GenerationView] = {}
     previews: dict[str, dict[str, Any]] = {}
@@ -231,7 +237,7 @@ def _views(session: Session, stmt: Any) -> list[GenerationView]:
                 duration=row.duration,
             )
         views[key].xcoms[row.key] = value
-    shown = [v for v in views.values() if XCOM_REQUEST in v.xcoms]
+    shown = [v for v in views.values() if any(k in v.xcoms for k in IDENTIFYING_KEYS)]
     for view in shown:
         view.preview = previews.get(view.output_path) if view.output_path else None
     return shown
@@ -266,7 +272,7 @@ def load_generations(
 ) -> list[GenerationView]:
     """The generations of the newest runs *that have generations* of the given DAGs, newest first.
 
-    Two queries, whatever else the deployment runs: the newest runs holding a ``request`` XCom of a
+    Two queries, whatever else the deployment runs: the newest runs holding an identifying XCom of a
     generation task instance (newest first along the XCom table's primary key), then their
     generations and previews (:func:`_query`).
 
@@ -292,7 +298,9 @@ def load_generations(
         )
         .exists()
     )
-    runs_stmt: Any = select(X.dag_run_id).where(X.key == XCOM_REQUEST, X.dag_id.in_(dag_ids), is_generation)
+    runs_stmt: Any = select(X.dag_run_id).where(
+        X.key.in_(IDENTIFYING_KEYS), X.dag_id.in_(dag_ids), is_generation
+    )
     if run_id is not None:
         runs_stmt = runs_stmt.where(X.run_id == run_id)
     runs_stmt = runs_stmt.group_by(X.dag_run_id).order_by(X.dag_run_id.desc()).limit(recent_runs)

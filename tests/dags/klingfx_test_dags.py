@@ -214,3 +214,43 @@ with DAG(
         retries=2,
         retry_delay=timedelta(seconds=0.5),
     )
+
+with DAG(
+    dag_id="test_klingfx_durable",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"photo": Param("https://example.invalid/p.png", type="string")},
+):
+    # The same task twice, each try timing out (1 s for a longer generation), one retry each:
+    # durable reattaches (3.3+) or fails without paying again (3.1/3.2); not durable pays again.
+    for durable in (True, False):
+        KlingFxEffectOperator(
+            task_id=f"durable_{str(durable).lower()}",
+            effect_scene="squish",
+            image_urls="{{ params.photo }}",
+            poll_interval=0.2,
+            timeout=1,
+            durable=durable,
+            retries=1,
+            retry_delay=timedelta(seconds=0.5),
+        )
+
+with DAG(
+    dag_id="test_klingfx_registry",
+    schedule=None,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={
+        "photo": Param("https://example.invalid/p.png", type="string"),
+        "registry": Param("file:///tmp/klingfx-registry", type="string"),
+    },
+):
+    # At-least-once delivery: the same photo can start several runs. One pays; the others deliver it.
+    KlingFxEffectOperator(
+        task_id="squish",
+        effect_scene="squish",
+        image_urls="{{ params.photo }}",
+        generation_registry="{{ params.registry }}",
+        poll_interval=0.2,
+    )

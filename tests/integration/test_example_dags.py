@@ -202,3 +202,22 @@ def test_the_key_is_nowhere_after_the_runs(airflow, fresh_emulator):
         expected.add("table task_state_store")
     assert expected <= found, found
     assert airflow.places_containing(API_KEY) == []
+
+
+def test_submit_and_sense(airflow, fresh_emulator, tmp_path):
+    """The operator submits and ends; the sensor waits, saves the video, and the preview uses it."""
+    result = airflow.dags_test(
+        "example_klingfx_submit_and_sense",
+        {"photo": samples(fresh_emulator, "person-1.png")[0]},
+        env={"AIRFLOW_VAR_KLINGFX_OUTPUT_BASE": tmp_path.as_uri()},
+    )
+    assert_succeeded(result)
+    gen_id = result.xcom("submit")
+    assert gen_id == result.xcom("submit", "generation_id")
+    assert result.xcom("submit", "video") is None  # it did not wait
+    assert result.xcom("wait") == result.xcom("wait", "video")["url"]
+    assert result.xcom("wait", "generation_id") == gen_id
+    saved = result.xcom("wait", "output_path")
+    assert saved.startswith(tmp_path.as_uri()) and saved.endswith(".mp4")
+    assert result.xcom("preview", "preview")["video_path"] == saved
+    assert fresh_emulator.stats()["submissions"] == 1

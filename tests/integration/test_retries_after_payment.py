@@ -133,3 +133,22 @@ def test_the_edges_of_paying_once_a_record_that_cannot_be_written_and_a_connecti
     made_at = f"{fresh_emulator.url}/v2/video/generations"
     assert f"was made at {made_at}, but connection 'klingfx_moved' now points at {moved.url}" in result.output
     assert "not submitting (and paying) again" in result.output
+
+
+def test_durable_execution_reattaches_and_not_durable_pays_again(airflow, fresh_emulator):
+    with configured(fresh_emulator, generating_seconds=2.5):
+        result = airflow.dags_test("test_klingfx_durable", {"photo": photo(fresh_emulator)})
+    posts = [r for r in fresh_emulator.stats()["requests"] if r["method"] == "POST"]
+    by_task = {
+        t: sum(1 for r in posts if f":{t}:" in r["client_request_id"])
+        for t in ("durable_true", "durable_false")
+    }
+    # Not durable: the first try times out, the retry submits (and pays for) a second generation.
+    assert by_task["durable_false"] == 2, by_task
+    # Durable: one generation, whatever the tries (3.3+ reattaches, 3.1/3.2 fail without retrying).
+    assert by_task["durable_true"] == 1, by_task
+    if REATTACHES:
+        assert result.task_states[("durable_true", -1)] == "success", result.output[-5000:]
+    else:
+        assert result.task_states[("durable_true", -1)] == "failed"
+        assert "KlingFxRetryWouldResubmitError" in result.output

@@ -305,9 +305,8 @@ class Script:
         return self()
 
 
-#: The four ways to run a call under the policy: tenacity's retriers, and the hook's ``call``/``acall``
-#: (first attempt bare, the retrier built only after a failure). All four must behave alike.
-MODES = ["sync", "async", "call", "acall"]
+#: The two ways to run a call under the policy, sync and async. Both must behave alike.
+MODES = ["sync", "async"]
 
 
 async def run_policy(mode: str, policy: RetryPolicy, script: Script, sleeps: list[float], **kwargs) -> str:
@@ -318,11 +317,7 @@ async def run_policy(mode: str, policy: RetryPolicy, script: Script, sleeps: lis
 
     if mode == "sync":
         return policy.retrying(sleep=sleeps.append, **kwargs)(script)
-    if mode == "async":
-        return await policy.async_retrying(sleep=asleep, **kwargs)(script.acall)
-    if mode == "call":
-        return policy.call(script, sleep=sleeps.append, **kwargs)
-    return await policy.acall(script.acall, sleep=asleep, **kwargs)
+    return await policy.async_retrying(sleep=asleep, **kwargs)(script.acall)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -399,3 +394,32 @@ def test_watch_raises_errors_waiting_cannot_fix():
     watch = GenerationWatch("g", deadline=100.0, poll_interval=10.0)
     with pytest.raises(KlingFxAuthError):
         watch.observe(KlingFxAuthError(401, "Unauthorized"), 1.0)
+
+
+def test_a_per_trigger_watch_backs_off_its_own_polls_and_a_shared_one_leaves_it_to_the_gate():
+    # per_trigger: no gate paces the polls, so the watch is the one layer that answers a failure:
+    # exponential from the poll interval, equal jitter (a fixed source here), capped, at least
+    # Retry-After; an answer resets it. shared: the gate answers, the watch keeps its interval.
+    down = KlingFxAPIError(503, "unavailable", method="GET", path="/p")
+    busy = KlingFxAPIError(429, "slow down", method="GET", path="/p", retry_after=45.0)
+    pending = Generation.from_api({"id": "g", "status": "generating"})
+    alone = GenerationWatch(
+        "g", deadline=1e9, poll_interval=5, submitted_at=0.0, backoff=True, random=lambda: 1.0
+    )
+    assert [alone.observe(down, t).sleep for t in range(5)] == [5, 10, 20, 40, 60]
+    assert alone.observe(busy, 5.0).sleep == 60  # the cap is above Retry-After here
+    assert alone.observe(pending, 6.0).sleep == 5  # answered: back to the interval
+    assert alone.observe(busy, 7.0).sleep == 45  # one failure: 5 s, but the API asked for 45
+    halved = GenerationWatch(
+        "g", deadline=1e9, poll_interval=5, submitted_at=0.0, backoff=True, random=lambda: 0.0
+    )
+    assert [halved.observe(down, t).sleep for t in range(3)] == [2.5, 5, 10]
+    shared = GenerationWatch("g", deadline=1e9, poll_interval=5, submitted_at=0.0)
+    assert [shared.observe(down, t).sleep for t in range(5)] == [5] * 5
+
+
+def test_the_watch_for_a_connection_backs_off_only_without_the_shared_gate():
+    shared = _api.settings_from_connection("c", None, None, KEY, {})
+    alone = _api.settings_from_connection("c", None, None, KEY, {"poll_coordination": "per_trigger"})
+    assert not GenerationWatch.for_settings(shared, "g", deadline=1.0, poll_interval=1.0).backoff
+    assert GenerationWatch.for_settings(alone, "g", deadline=1.0, poll_interval=1.0).backoff

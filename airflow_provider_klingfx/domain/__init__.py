@@ -1,0 +1,128 @@
+"""The domain of Kling v1.6 effects generations: the provider's vocabulary, in one import.
+
+Models and scenes (:mod:`~.scenes`), a request and its photos (:mod:`~.effect_request`), a generation
+as the API reports it (:mod:`~.generation`), the errors (:mod:`~.errors`) and what of a URL may be shown
+(:mod:`~.privacy`). None of it imports ``requests``, ``aiohttp`` or Airflow's task runtime (only
+Airflow's exception base classes), so the hook, the trigger, the operator, the emulator and the DAG
+processor all share it cheaply. Import from here: the submodules are the layout, this is the API.
+"""
+
+from __future__ import annotations
+
+from airflow_provider_klingfx.domain.effect_request import (
+    MAX_PRESIGN_SECONDS,
+    PHOTO_LOCAL,
+    PHOTO_STORAGE,
+    PHOTO_URL,
+    EffectRequest,
+    client_request_id,
+    photo_kind,
+    storage_conn_id,
+    validate_image_url,
+)
+from airflow_provider_klingfx.domain.errors import (
+    KlingFxAmbiguousSubmissionError,
+    KlingFxAPIError,
+    KlingFxAuthError,
+    KlingFxConnectionConfigError,
+    KlingFxConnectionLookupError,
+    KlingFxError,
+    KlingFxGenerationFailedError,
+    KlingFxInvalidInputError,
+    KlingFxMalformedResponseError,
+    KlingFxReattachElsewhereError,
+    KlingFxRetryWouldResubmitError,
+    KlingFxTimeoutError,
+    KlingFxTransportError,
+    KlingFxUnsafeUrlError,
+    abandoned_notice,
+)
+from airflow_provider_klingfx.domain.generation import (
+    DONE,
+    FAILED,
+    PENDING,
+    STATUS_PHASES,
+    Generation,
+    GenerationError,
+    Submission,
+    Usage,
+    Video,
+    describe_details,
+    merge_usage,
+    parse_generation_error,
+    parse_usage,
+    status_phase,
+)
+from airflow_provider_klingfx.domain.privacy import (
+    redact_url,
+    redact_urls,
+)
+from airflow_provider_klingfx.domain.scenes import (
+    DEFAULT_DURATION,
+    DURATIONS,
+    EFFECT_SCENES,
+    MODELS,
+    ONE_SUBJECT_SCENES,
+    PRO_EFFECTS_MODEL,
+    STANDARD_EFFECTS_MODEL,
+    TWO_PERSON_SCENES,
+    image_count_range,
+    validate_duration,
+    validate_effect_scene,
+    validate_model,
+)
+
+__all__ = [
+    "DEFAULT_DURATION",
+    "DONE",
+    "DURATIONS",
+    "EFFECT_SCENES",
+    "FAILED",
+    "MAX_PRESIGN_SECONDS",
+    "MODELS",
+    "ONE_SUBJECT_SCENES",
+    "PENDING",
+    "PHOTO_LOCAL",
+    "PHOTO_STORAGE",
+    "PHOTO_URL",
+    "PRO_EFFECTS_MODEL",
+    "STANDARD_EFFECTS_MODEL",
+    "STATUS_PHASES",
+    "TWO_PERSON_SCENES",
+    "EffectRequest",
+    "Generation",
+    "GenerationError",
+    "KlingFxAPIError",
+    "KlingFxAmbiguousSubmissionError",
+    "KlingFxAuthError",
+    "KlingFxConnectionConfigError",
+    "KlingFxConnectionLookupError",
+    "KlingFxError",
+    "KlingFxGenerationFailedError",
+    "KlingFxInvalidInputError",
+    "KlingFxMalformedResponseError",
+    "KlingFxReattachElsewhereError",
+    "KlingFxRetryWouldResubmitError",
+    "KlingFxTimeoutError",
+    "KlingFxTransportError",
+    "KlingFxUnsafeUrlError",
+    "Submission",
+    "Usage",
+    "Video",
+    "abandoned_notice",
+    "client_request_id",
+    "describe_details",
+    "image_count_range",
+    "merge_usage",
+    "parse_generation_error",
+    "parse_usage",
+    "photo_kind",
+    "redact_url",
+    "redact_urls",
+    "status_phase",
+    "storage_conn_id",
+    "validate_duration",
+    "validate_effect_scene",
+    "validate_image_url",
+    "validate_model",
+]
