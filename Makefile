@@ -140,7 +140,7 @@ $(UV_TOOL):
 
 constraints: $(UV_TOOL)
 	PATH="$(abspath .venv-uv/bin):$$PATH" $(PYTHON) scripts/constraints.py $(AIRFLOW_VERSIONS) \
-		$(foreach p,$(PYTHONS),--python $(p))
+		$(foreach p,$(PYTHONS),--python $(p)) $(if $(UPGRADE),--upgrade)
 
 # The newest releases that resolve (minus the known exclusions), in a throwaway venv: the discovery and
 # example-DAG tests, and the packages whose versions differ from the pins. A failure here, with the pinned

@@ -6,8 +6,8 @@ break an install made later. Those files live in Airflow's repository, which CI 
 this project keeps its own: one file per supported Airflow version and Python, resolved with uv from
 
 - ``apache-airflow==<version>``,
-- every extra this repository installs (``dev``, ``deploy``, ``bench``), so the Makefile,
-  CI and the benchmarks all install from the same pins,
+- every extra this repository installs (``dev``, ``deploy``, ``bench``, ``docs``), so the Makefile,
+  CI, the benchmarks and the docs all install from the same pins,
 - ``constraints/exclusions-<major.minor>.txt``: releases known to break that Airflow line, each with
   the reason (for example ``cryptography<51`` on 3.1).
 
@@ -17,6 +17,7 @@ The files hold ``name==version`` lines only, in the shape of Airflow's own const
     python scripts/constraints.py                 # every version and Python below (make constraints)
     python scripts/constraints.py 3.1.8           # one Airflow version, every Python
     python scripts/constraints.py 3.1.8 --python 3.10
+    python scripts/constraints.py --upgrade       # the newest releases (else the current pins stay)
 
 Regenerate after adding a dependency, when moving a supported line to a new patch release, or when the
 drift job (``make drift``) shows that newer releases pass; then run ``.ci/run`` before committing.
@@ -39,7 +40,7 @@ OUT = ROOT / "constraints"
 AIRFLOW_VERSIONS = ("3.1.8", "3.2.2", "3.3.2")
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 #: Every extra an install in this repository asks for.
-EXTRAS = ("dev", "deploy", "bench")
+EXTRAS = ("dev", "deploy", "bench", "docs")
 #: Our own distributions: never pinned, always installed from the working tree.
 OWN = ("airflow-provider-klingfx", "klingfx-emulator")
 
@@ -62,13 +63,17 @@ def constraints_path(airflow: str, python: str) -> Path:
     return OUT / airflow / f"constraints-{python}.txt"
 
 
-def compile_one(airflow: str, python: str) -> Path:
+def compile_one(airflow: str, python: str, *, upgrade: bool = False) -> Path:
     target = constraints_path(airflow, python)
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         requirements = Path(tmp) / "requirements.in"
         requirements.write_text(f"apache-airflow=={airflow}\n")
         raw = Path(tmp) / "out.txt"
+        if target.exists() and not upgrade:
+            # uv keeps the versions an existing output file pins, where they still resolve: adding
+            # a dependency moves only what it must, as a lock file would.
+            shutil.copy(target, raw)
         cmd = [
             uv(),
             "pip",
@@ -143,12 +148,15 @@ def main() -> None:
     parser.add_argument(
         "--diff", type=Path, metavar="FILE", help="only compare this interpreter's packages with FILE"
     )
+    parser.add_argument(
+        "--upgrade", action="store_true", help="take the newest releases, not the versions pinned now"
+    )
     args = parser.parse_args()
     if args.diff:
         sys.exit(diff(args.diff))
     for airflow in args.airflow:
         for python in args.python or PYTHONS:
-            path = compile_one(airflow, python)
+            path = compile_one(airflow, python, upgrade=args.upgrade)
             print(f"{path.relative_to(ROOT)}: {len(read_pins(path))} pins", flush=True)
 
 
