@@ -23,6 +23,7 @@ CONSTRAINTS := constraints/$(AIRFLOW_VERSION)/constraints-$(PY_VERSION).txt
 EXCLUSIONS := $(wildcard constraints/exclusions-$(AIRFLOW_LINE).txt)
 STAMP := $(VENV)/.installed-airflow-$(AIRFLOW_VERSION)-py$(PY_VERSION)
 DEPLOY_STAMP := $(VENV)/.installed-deploy-$(AIRFLOW_VERSION)-py$(PY_VERSION)
+DOCS_STAMP := $(VENV)/.installed-docs-$(AIRFLOW_VERSION)-py$(PY_VERSION)
 UV_INSTALL = $(BIN)/uv pip install --python $(BIN)/python --quiet -c $(CONSTRAINTS)
 EMULATOR := ./klingfx-emulator
 PYTEST_ARGS ?= -n 2 --dist loadfile --durations=10
@@ -36,7 +37,7 @@ DRIFT_TESTS ?= tests/integration/test_provider_discovery.py tests/integration/te
 	-k "discovery or parse or one_photo or mapping or chain"
 
 .PHONY: help venv deploy-venv servers browser demo test test-deployment test-production lint typecheck pytest \
-	bench emulator constraints drift clean
+	bench emulator constraints drift docs clean
 
 help:
 	@echo "make demo   - run an example DAG end to end against the built-in emulator (or the real API with AIMLAPI_KEY set)"
@@ -44,6 +45,7 @@ help:
 	@echo "make test-deployment - the tests that run a whole Airflow deployment (scheduler, triggerer, ...)"
 	@echo "make test-production - the production-shaped deployment: PostgreSQL, Celery + Redis, 200 generations"
 	@echo "make bench  - benchmarks, written to benchmarks/RESULTS.md"
+	@echo "make docs   - the documentation site in docs/_build/html, warnings as errors, links checked"
 	@echo "make constraints - regenerate the pinned versions in constraints/ (AIRFLOW_VERSIONS=..., PYTHONS=...)"
 	@echo "make drift  - the discovery and example-DAG tests on the newest releases, with what changed"
 
@@ -60,7 +62,7 @@ $(STAMP): pyproject.toml $(EMULATOR)/pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 	$(UV_INSTALL) -e ".[dev]" -e $(EMULATOR) "apache-airflow==$(AIRFLOW_VERSION)"
-	rm -f $(VENV)/.installed-airflow-* $(VENV)/.installed-deploy-*
+	rm -f $(VENV)/.installed-airflow-* $(VENV)/.installed-deploy-* $(VENV)/.installed-docs-*
 	touch $@
 
 venv: $(STAMP)
@@ -125,6 +127,24 @@ test-deployment: browser
 test-production: servers deploy-venv
 	$(MAKE) pytest PYTEST_MARKERS=production PYTEST_ARGS="-p no:xdist --durations=5 tests/deployment"
 
+# The documentation site (docs/): Sphinx with the `docs` extra, on top of the dev install (autodoc imports
+# the package, hence Airflow). Warnings are errors and every cross-reference must resolve (-W -n); -E
+# rereads every page, since an incremental build would not repeat the warnings of unchanged pages.
+# Then the links, offline: Sphinx's linkcheck for local files (external URLs are ignored in
+# docs/conf.py: no internet here), and scripts/check_links.py for every internal anchor of the built
+# site and the README's links into the repository and the site.
+SPHINX_OPTS ?= -q
+$(DOCS_STAMP): $(STAMP)
+	$(UV_INSTALL) -e ".[docs]" "apache-airflow==$(AIRFLOW_VERSION)"
+	touch $@
+
+# autodoc imports Airflow, which reads (and may create) $AIRFLOW_HOME: a throwaway one under the build.
+SPHINX := AIRFLOW_HOME="$(CURDIR)/docs/_build/airflow-home" $(BIN)/sphinx-build -W --keep-going -n $(SPHINX_OPTS)
+docs: $(DOCS_STAMP)
+	$(SPHINX) -E -b html -d docs/_build/doctrees docs docs/_build/html
+	$(SPHINX) -b linkcheck -d docs/_build/doctrees docs docs/_build/linkcheck
+	$(BIN)/python scripts/check_links.py --site docs/_build/html README.md
+
 demo: venv
 	$(BIN)/python scripts/demo.py
 
@@ -165,4 +185,4 @@ drift:
 		"the packages above differ from $(CONSTRAINTS)." >&2; exit 1; }
 
 clean:
-	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info $(EMULATOR)/dist
+	rm -rf $(VENV) .venv-* .mypy_cache .ruff_cache build dist *.egg-info $(EMULATOR)/dist docs/_build

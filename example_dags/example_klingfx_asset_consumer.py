@@ -18,7 +18,7 @@ with DAG(
     catchup=False,
     tags=["example", "klingfx", "media"],
 ):
-
+    # [START howto_operator_klingfx_asset_consumer]
     @task
     def new_videos(triggering_asset_events=None) -> list[dict]:
         """The videos announced by the events that triggered this run."""
@@ -34,3 +34,4 @@ with DAG(
         return found
 
     new_videos()
+    # [END howto_operator_klingfx_asset_consumer]

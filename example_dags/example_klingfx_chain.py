@@ -26,12 +26,14 @@ with DAG(
         "photo": Param("https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg", type="string"),
     },
 ):
+    # [START howto_operator_klingfx_chain]
     generate = KlingFxEffectOperator(
         task_id="generate",
         effect_scene="expansion",
         image_urls="{{ params.photo }}",
         allowed_photo_locations=PHOTO_LOCATIONS,
     )
+    # [END howto_operator_klingfx_chain]
 
     @task
     def describe(video_url: str, ti=None) -> dict:
@@ -51,4 +53,6 @@ with DAG(
         print(f"video record: {record}")
         return record
 
+    # [START howto_operator_klingfx_chain_output]
     describe(generate.output)
+    # [END howto_operator_klingfx_chain_output]

@@ -23,6 +23,7 @@ with DAG(
     max_active_runs=1,
     tags=["example", "klingfx"],
 ):
+    # [START howto_operator_klingfx_templated]
     KlingFxEffectOperator(
         task_id="daily_effect",
         effect_scene="{{ 'squish' if logical_date.day_of_year % 2 == 0 else 'expansion' }}",
@@ -32,3 +33,4 @@ with DAG(
         timeout=3600,
         retries=2,
     )
+    # [END howto_operator_klingfx_templated]

@@ -40,4 +40,6 @@ with DAG(
         photos = sorted(p for p in inbox.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
         return [{"image_urls": f"{public}/{p.name}", "output_path": f"{outbox}/{p.stem}.mp4"} for p in photos]
 
+    # [START howto_operator_klingfx_expand_kwargs]
     KlingFxEffectOperator.partial(task_id="squish", effect_scene="squish").expand_kwargs(arrived_photos())
+    # [END howto_operator_klingfx_expand_kwargs]

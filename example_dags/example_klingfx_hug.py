@@ -53,6 +53,7 @@ with DAG(
         ),
     },
 ):
+    # [START howto_operator_klingfx_hug]
     KlingFxEffectOperator(
         task_id="hug",
         effect_scene="{{ params.scene }}",
@@ -65,3 +66,4 @@ with DAG(
             "{% endif %}"
         ),
     )
+    # [END howto_operator_klingfx_hug]

@@ -43,12 +43,14 @@ with DAG(
         """The photos to render; replace with a listing of a bucket or folder."""
         return list((params or {})["photos"])
 
+    # [START howto_operator_klingfx_mapped]
     videos = KlingFxEffectOperator.partial(
         task_id="effect",
         effect_scene="{{ params.scene }}",
         poll_interval=10,
         allowed_photo_locations=PHOTO_LOCATIONS,
     ).expand(image_urls=list_photos())
+    # [END howto_operator_klingfx_mapped]
 
     @task
     def collect(urls: list[str]) -> list[str]:

@@ -37,6 +37,7 @@ with DAG(
         ),
     },
 ):
+    # [START howto_operator_klingfx_output_path]
     generate = KlingFxEffectOperator(
         task_id="generate",
         effect_scene="{{ params.scene }}",
@@ -45,11 +46,14 @@ with DAG(
         output_path="{{ params.output_base }}/{{ ds }}/{{ ti.task_id }}.mp4",
         outlets=[KLINGFX_VIDEOS],
     )
+    # [END howto_operator_klingfx_output_path]
 
+    # [START howto_operator_klingfx_preview]
     preview = KlingFxPreviewOperator(
         task_id="preview",
         video_path="{{ ti.xcom_pull(task_ids='generate', key='output_path') }}",
     )
+    # [END howto_operator_klingfx_preview]
 
     @task
     def manifest(preview_info: dict, params: dict | None = None, ti=None) -> str:

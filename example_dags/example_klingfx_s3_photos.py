@@ -63,15 +63,19 @@ with DAG(
         ]
 
     photos = list_photos()
+    # [START howto_operator_klingfx_s3_photos]
     generate = KlingFxEffectOperator.partial(
         task_id="generate",
         effect_scene="{{ params.scene }}",
         allowed_photo_locations=PHOTO_LOCATIONS,
     ).expand_kwargs(photos)
+    # [END howto_operator_klingfx_s3_photos]
 
     @task
     def saved_videos(photos: list[dict]) -> list[str]:
         return [photo["output_path"] for photo in photos]
 
+    # [START howto_operator_klingfx_preview_mapped]
     preview = KlingFxPreviewOperator.partial(task_id="preview").expand(video_path=saved_videos(photos))
+    # [END howto_operator_klingfx_preview_mapped]
     generate >> preview

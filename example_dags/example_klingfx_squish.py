@@ -31,6 +31,7 @@ with DAG(
         "duration": Param(5, enum=[5, 10]),
     },
 ):
+    # [START howto_operator_klingfx_squish]
     KlingFxEffectOperator(
         task_id="squish",
         effect_scene="squish",
@@ -38,3 +39,4 @@ with DAG(
         allowed_photo_locations=PHOTO_LOCATIONS,
         duration="{{ params.duration }}",
     )
+    # [END howto_operator_klingfx_squish]

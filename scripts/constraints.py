@@ -8,8 +8,9 @@ this project keeps its own: one file per supported Airflow version and Python, r
 - ``apache-airflow==<version>``,
 - the repository's two distributions as the Makefile installs them, editable from the working tree:
   the provider (``pyproject.toml``) with every extra this repository installs (``dev``, ``deploy``,
-  ``bench``), and the emulator (``klingfx-emulator/pyproject.toml``), which the provider's
-  ``emulator`` extra requires; so the Makefile, CI and the benchmarks all install from the same pins,
+  ``bench``, ``docs``), and the emulator (``klingfx-emulator/pyproject.toml``), which the provider's
+  ``emulator`` extra requires; so the Makefile, CI, the benchmarks and the docs all install from the
+  same pins,
 - ``constraints/exclusions-<major.minor>.txt``: releases known to break that Airflow line, each with
   the reason (for example ``cryptography<51`` on 3.1).
 
@@ -44,7 +45,7 @@ EMULATOR = ROOT / "klingfx-emulator"
 AIRFLOW_VERSIONS = ("3.1.8", "3.2.2", "3.3.2")
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 #: Every extra an install in this repository asks for.
-EXTRAS = ("dev", "deploy", "bench")
+EXTRAS = ("dev", "deploy", "bench", "docs")
 #: Our own distributions: never pinned, always installed from the working tree.
 OWN = ("airflow-provider-klingfx", "klingfx-emulator")
 

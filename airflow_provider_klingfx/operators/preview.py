@@ -81,8 +81,8 @@ class KlingFxPreviewOperator(BaseOperator):
         self.poster_at = poster_at
 
     def execute(self, context: Context) -> dict[str, Any]:
-        """Make the preview; return :meth:`PreviewResult.to_dict`, and push XCom ``preview`` (which
-        video, its GIF and poster) for the Kling gallery to find."""
+        """Make the preview; return :meth:`~airflow_provider_klingfx.preview.PreviewResult.to_dict`, and
+        push XCom ``preview`` (which video, its GIF and poster) for the Kling gallery to find."""
         from airflow_provider_klingfx.preview import make_preview
 
         video = _rendered_path(self.video_path)
