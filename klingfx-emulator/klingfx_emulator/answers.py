@@ -39,12 +39,16 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# The vendor's server (NestJS) names statuses as RFC 7231 did; Python 3.13 renamed these two after
+# RFC 9110 ("Content Too Large", "Unprocessable Content"), so the emulator must not take Python's.
+_VENDOR_PHRASES = {413: "Payload Too Large", 422: "Unprocessable Entity"}
+
+
 def _exception_name(status: int) -> str:
     # The live body names the server's exception class after the reason phrase, NestJS style:
-    # 400 BadRequestException, 404 NotFoundException, 503 ServiceUnavailableException...
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
+    # 400 BadRequestException, 404 NotFoundException, 422 UnprocessableEntityException...
+    phrase = reason(status)
+    if phrase == "Error":
         return "HttpException"
     return re.sub(r"[^A-Za-z0-9]", "", phrase.title()) + "Exception"
 
@@ -104,7 +108,10 @@ def stamp_headers(request: web.Request, resp: web.StreamResponse) -> None:
 
 
 def reason(status: int) -> str:
-    """The reason phrase of an HTTP status (``Error`` for a status Python does not name)."""
+    """The reason phrase of an HTTP status as the vendor words it (``Error`` for a status Python
+    does not name)."""
+    if status in _VENDOR_PHRASES:
+        return _VENDOR_PHRASES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
