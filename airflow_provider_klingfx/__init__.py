@@ -4,4 +4,4 @@ Kept import-free on purpose: the DAG processor imports DAG files constantly, and
 package must not pull in HTTP clients or Airflow's runtime.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -9,9 +9,11 @@ and static files, which are not Python, must. Each wheel is built from the worki
 from __future__ import annotations
 
 import configparser
+import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,25 +24,39 @@ REPO = Path(__file__).resolve().parents[1]
 UI = REPO / "airflow_provider_klingfx" / "ui"
 
 
-def build_wheel(source: Path, out: Path) -> zipfile.ZipFile:
-    """Build the wheel of the distribution in ``source`` into ``out`` and open it."""
+def build(source: Path, out: Path, *kinds: str) -> None:
+    """Build the distributions (``--wheel``, ``--sdist``) of the project in ``source`` into ``out``."""
     uv = shutil.which("uv", path=str(Path(sys.executable).parent)) or shutil.which("uv")
     if uv is None:
-        pytest.skip("uv is needed to build the wheels (the Makefile's venv has it)")
+        pytest.skip("uv is needed to build the distributions (the Makefile's venv has it)")
     subprocess.run(
-        [uv, "build", "--wheel", "--quiet", "--out-dir", str(out), str(source)],
+        [uv, "build", *kinds, "--quiet", "--out-dir", str(out), str(source)],
         check=True,
         capture_output=True,
         timeout=120,
     )
+
+
+def build_wheel(source: Path, out: Path) -> zipfile.ZipFile:
+    """Build the wheel of the distribution in ``source`` into ``out`` and open it."""
+    build(source, out, "--wheel")
     (wheel,) = out.glob("*.whl")
     return zipfile.ZipFile(wheel)
 
 
 @pytest.fixture(scope="module")
-def provider_wheel(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    with build_wheel(REPO, tmp_path_factory.mktemp("provider-wheel")) as wheel:
-        return wheel.namelist()
+def provider_dists(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The provider's wheel and sdist, as a release would upload them."""
+    out = tmp_path_factory.mktemp("provider-dists")
+    build(REPO, out, "--wheel", "--sdist")
+    return out
+
+
+@pytest.fixture(scope="module")
+def provider_wheel(provider_dists: Path) -> list[str]:
+    (wheel,) = provider_dists.glob("*.whl")
+    with zipfile.ZipFile(wheel) as opened:
+        return opened.namelist()
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +101,39 @@ def test_the_emulator_wheel_holds_its_package_and_its_command(emulator_wheel: zi
         if line.startswith("Requires-Dist:")
     ]
     assert any(r.startswith("airflow-provider-klingfx") for r in requires)  # the vendor's rules, shared
+
+
+def test_the_provider_wheel_ships_the_example_dags(provider_wheel: list[str]) -> None:
+    examples = sorted(p.name for p in (REPO / "example_dags").glob("example_*.py"))
+    assert examples
+    shipped = sorted(
+        n.rsplit("/", 1)[1] for n in provider_wheel if n.startswith("airflow_provider_klingfx/example_dags/")
+    )
+    assert shipped == examples
+
+
+def test_the_sdist_holds_what_make_test_needs(provider_dists: Path) -> None:
+    (sdist,) = provider_dists.glob("*.tar.gz")
+    with tarfile.open(sdist) as opened:
+        top = {name.split("/")[1] for name in opened.getnames() if name.count("/") >= 1}
+    assert {"Makefile", "scripts", "constraints", "klingfx-emulator", "tests", "docs", "CHANGELOG.rst"} <= top
+    assert "_build" not in " ".join(top)
+
+
+def test_both_distributions_pass_twine_check(provider_dists: Path, tmp_path: Path) -> None:
+    """What a package index checks on upload: the metadata, and the README rendered as the long
+    description (its links absolute, so they work on the index's page)."""
+    build(REPO / "klingfx-emulator", tmp_path, "--wheel", "--sdist")
+    dists = [*provider_dists.iterdir(), *tmp_path.iterdir()]
+    dists = [d for d in dists if d.suffix in {".whl", ".gz"}]
+    assert len(dists) == 4
+    result = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", *map(str, dists)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    readme = (REPO / "README.md").read_text()
+    relative = [link for link in re.findall(r"\]\(([^)]+)\)", readme) if "://" not in link]
+    assert relative == []

@@ -1,8 +1,8 @@
 """The domain of Kling v1.6 effects generations: the provider's vocabulary, in one import.
 
-Models and scenes (:mod:`~.scenes`), a request and its photos (:mod:`~.effect_request`), a generation
-as the API reports it (:mod:`~.generation`), the errors (:mod:`~.errors`) and what of a URL may be shown
-(:mod:`~.privacy`). None of it imports ``requests``, ``aiohttp`` or Airflow's task runtime (only
+Models and scenes (``scenes``), a request and its photos (``effect_request``), a generation
+as the API reports it (``generation``), the errors (``errors``) and what of a URL may be shown
+(``privacy``). None of it imports ``requests``, ``aiohttp`` or Airflow's task runtime (only
 Airflow's exception base classes), so the hook, the trigger, the operator, the emulator and the DAG
 processor all share it cheaply. Import from here: the submodules are the layout, this is the API.
 """
