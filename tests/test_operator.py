@@ -69,6 +69,7 @@ def test_template_fields_are_the_documented_ones():
         "model",
         "output_path",
         "allowed_photo_locations",
+        "generation_registry",
     )
     assert operator().deferrable is True
 
