@@ -155,11 +155,6 @@ class ApiHealth:
         self.rate = self.max_rate
 
     @property
-    def in_outage(self) -> bool:
-        """True while polls are held and only probes go out."""
-        return self.state == "outage"
-
-    @property
     def troubled(self) -> bool:
         """True while an outage or throttling is on (and has been announced)."""
         return self.state == "outage" or self.throttled_since is not None

@@ -109,7 +109,6 @@ class GenerationRegistry:
                 f"generation_registry must be on S3, GCS or a local disk (it needs an atomic create), "
                 f"got {redact_url(text)}"
             )
-        self._location = str(location)
         self._sleep = sleep
         self._clock = clock
 

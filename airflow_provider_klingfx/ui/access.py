@@ -147,10 +147,6 @@ class Media:
         finally:
             self.close()
 
-    def read_all(self) -> bytes:
-        """The whole file (pictures only: bounded by :data:`MAX_PICTURE_BYTES`), then close it."""
-        return b"".join(self.chunks(0, self.size - 1))
-
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self._fh.close()

@@ -135,12 +135,12 @@ def test_failures_in_a_row_open_an_outage_with_one_warning_and_probes_back_off()
     for i in range(_health.OUTAGE_AFTER - 1):
         h.sent(now, "poll")
         h.failed(now, "poll", "refused")
-        assert not h.in_outage, i
+        assert h.state != "outage", i
     h.answered(now, "poll")  # one answer breaks the run
     for _ in range(_health.OUTAGE_AFTER):
         h.sent(now, "poll")
         h.failed(now, "poll", "GET /p: could not connect (connection refused)")
-    assert h.in_outage
+    assert h.state == "outage"
     assert len(lines.lines) == 1 and "looks down: 5 requests in a row failed" in lines.lines[0][1]
     # Only one probe at a time; with jitter 0.5 the waits are 3/4 of 1, 2, 4, 8, 16, 20, 20 s.
     waits = []
@@ -157,7 +157,7 @@ def test_failures_in_a_row_open_an_outage_with_one_warning_and_probes_back_off()
     at, role = h.ready_at(t)
     h.sent(at, role)
     assert h.answered(at, role) is True
-    assert not h.in_outage
+    assert h.state != "outage"
     assert len(lines.lines) == 2 and "answers again after" in lines.lines[1][1]
     assert "8 probe(s) sent" in lines.lines[1][1]
 
@@ -169,7 +169,7 @@ def test_a_429_to_a_probe_ends_the_outage_the_api_is_up_only_busy():
     at, role = h.ready_at(1000.0)
     h.sent(at, role)
     assert h.throttled(at, role, retry_after=5) is True
-    assert not h.in_outage and h.throttled_since is not None
+    assert h.state != "outage" and h.throttled_since is not None
     assert [m.split(" ")[5] for _, m in lines.lines] == ["looks", "answers", "is"]
 
 
@@ -283,7 +283,7 @@ def test_probes_wait_for_the_pause_and_the_rate():
     h.throttled(1000.0, "poll", retry_after=60.0)
     for _ in range(_health.OUTAGE_AFTER):  # requests in flight before the 429 fail: the API is down
         h.failed(1000.5, "poll", "refused")
-    assert h.in_outage
+    assert h.state == "outage"
     assert h.ready_at(1001.0) == (1060.0, "probe")
 
 

@@ -185,7 +185,9 @@ async def _run(sc: Scenario, loop: VirtualTimeLoop) -> Record:
     live = [0]
 
     def sample() -> None:
-        rec.states.append((loop.time(), health.throttled_since is not None, health.in_outage, health.rate))
+        rec.states.append(
+            (loop.time(), health.throttled_since is not None, health.state == "outage", health.rate)
+        )
         rec.memory.append((len(gate._queue) + len(gate._deadlines), live[0]))
 
     # Every decision goes through ready_at: record the state right after each one.
