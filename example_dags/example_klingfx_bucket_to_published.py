@@ -205,8 +205,10 @@ def example_klingfx_bucket_to_published():
     review = HITLOperator.partial(
         task_id="review",
         options=["Approve", "Reject"],
-        # Optional (null allowed): the UI requires a field whose schema does not allow null.
-        params={"reason": Param(None, type=["null", "string"], description="Why, when you reject it")},
+        # Optional: the UI requires a field whose schema does not allow null. Default "", not None:
+        # Airflow 3.1's form sends an untouched None-valued field as its whole definition, which then
+        # fails the task's validation of the answer.
+        params={"reason": Param("", type=["null", "string"], description="Why, when you reject it")},
     ).expand_kwargs(review_requests(photos))
     preview >> review
 
