@@ -36,7 +36,8 @@ from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY
 from tests.deployment.harness import Deployment
 
-pytestmark = [pytest.mark.deployment, pytest.mark.browser]
+# About 4 minutes alone on 2 cores (most of it task start-ups); more beside another deployment test.
+pytestmark = [pytest.mark.deployment, pytest.mark.browser, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "example_dags" / "example_klingfx_bucket_to_published.py"
@@ -212,7 +213,10 @@ def approve_in_chromium(url: str, api: Api, detail: dict[str, Any], shots: Path)
                 page.screenshot(path=str(shots / "review.png"))
                 html = page.content()
                 page.get_by_role("button", name="Approve").click()
-                page.wait_for_timeout(1000)
+                deadline = time.monotonic() + 60
+                while not api.call("GET", answer_path(detail))[1].get("response_received"):
+                    assert time.monotonic() < deadline, "the click on Approve never reached Airflow"
+                    time.sleep(0.5)
                 page.screenshot(path=str(shots / "approved.png"))
             except Exception:
                 page.screenshot(path=str(shots / "failed.png"))
