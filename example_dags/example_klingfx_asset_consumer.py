@@ -2,22 +2,30 @@
 
 Needs no connection of its own: the asset event carries the video's ``output_path``,
 ``video_url`` and ``generation_id``; here it only checks the file and reports its size.
+Reads the environment variable ``KLINGFX_MEDIA_FOLDER`` as ``example_klingfx_media_pipeline`` does:
+an Asset is one name and one URI in every DAG that uses it, and the URI names the folder the videos
+are written to.
 """
 
 from __future__ import annotations
 
+import os
+import re
+
 import pendulum
-from airflow.sdk import DAG, Asset, task
+from airflow.sdk import Asset, dag, task
 
-KLINGFX_VIDEOS = Asset(name="klingfx_media_videos", uri="file:///klingfx/media-pipeline/videos")
+MEDIA_FOLDER = os.environ.get("KLINGFX_MEDIA_FOLDER", "file:///tmp/klingfx-media").rstrip("/")
+KLINGFX_VIDEOS = Asset(name="klingfx_media_videos", uri=re.sub(r"^(\w+://)[^/@]*@", r"\1", MEDIA_FOLDER))
 
-with DAG(
-    dag_id="example_klingfx_asset_consumer",
+
+@dag(
     schedule=[KLINGFX_VIDEOS],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     tags=["example", "klingfx", "media"],
-):
+)
+def example_klingfx_asset_consumer():
     # [START howto_operator_klingfx_asset_consumer]
     @task
     def new_videos(triggering_asset_events=None) -> list[dict]:
@@ -35,3 +43,6 @@ with DAG(
 
     new_videos()
     # [END howto_operator_klingfx_asset_consumer]
+
+
+example_klingfx_asset_consumer()

@@ -1,14 +1,16 @@
 """Chain a generation into downstream work: the video URL flows through XCom to the next task.
 
 Needs a connection ``klingfx_default`` of type ``klingfx``. ``describe`` receives the URL (the
-operator's return value) and the ``video``/``generation_id`` XComs, checks the file is reachable
-and writes a small JSON record a media pipeline could pick up.
+operator's return value, ``generate.output``) and the ``video``/``generation_id`` XComs
+(``generate.output["video"]``, ...) as arguments, checks the file is reachable and writes a small
+JSON record a media pipeline could pick up. Passing ``XComArg`` objects, not template strings, also
+tells Airflow that ``describe`` runs after ``generate``.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import Param, dag, task
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
@@ -16,8 +18,8 @@ from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 # read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
 PHOTO_LOCATIONS = "{{ var.value.get('klingfx_photo_locations', 'https://images.pexels.com/photos/') }}"
 
-with DAG(
-    dag_id="example_klingfx_chain",
+
+@dag(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -25,7 +27,8 @@ with DAG(
     params={
         "photo": Param("https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg", type="string"),
     },
-):
+)
+def example_klingfx_chain():
     # [START howto_operator_klingfx_chain]
     generate = KlingFxEffectOperator(
         task_id="generate",
@@ -36,12 +39,10 @@ with DAG(
     # [END howto_operator_klingfx_chain]
 
     @task
-    def describe(video_url: str, ti=None) -> dict:
+    def describe(video_url: str, video: dict, generation_id: str) -> dict:
         """Check the video is downloadable and describe it for the next system."""
         import requests  # imported at run time, not when the DAG file is parsed
 
-        video = ti.xcom_pull(task_ids="generate", key="video")
-        generation_id = ti.xcom_pull(task_ids="generate", key="generation_id")
         head = requests.head(video_url, timeout=30, allow_redirects=True)
         head.raise_for_status()
         record = {
@@ -54,5 +55,8 @@ with DAG(
         return record
 
     # [START howto_operator_klingfx_chain_output]
-    describe(generate.output)
+    describe(generate.output, generate.output["video"], generate.output["generation_id"])
     # [END howto_operator_klingfx_chain_output]
+
+
+example_klingfx_chain()

@@ -3,26 +3,27 @@
 Needs a connection ``klingfx_default`` of type ``klingfx`` and an Airflow Variable
 ``klingfx_photo_base_url`` (e.g. ``https://media.example.com/daily``; or the environment variable
 ``AIRFLOW_VAR_KLINGFX_PHOTO_BASE_URL``)
-under which a photo ``<YYYY-MM-DD>.png`` arrives each day. The scene alternates by weekday:
-``squish`` on even days of the year, ``expansion`` on odd ones, all from templates, so nothing is
-computed when the DAG file is parsed.
+under which a photo ``<YYYY-MM-DD>.png`` arrives each day. The scene alternates with the day of the
+year: ``squish`` on even days (2 January, 4 January, ...), ``expansion`` on odd ones, all from
+templates, so nothing is computed when the DAG file is parsed.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG
+from airflow.sdk import dag
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
-with DAG(
-    dag_id="example_klingfx_daily",
+
+@dag(
     schedule="@daily",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
     tags=["example", "klingfx"],
-):
+)
+def example_klingfx_daily():
     # [START howto_operator_klingfx_templated]
     KlingFxEffectOperator(
         task_id="daily_effect",
@@ -34,3 +35,6 @@ with DAG(
         retries=2,
     )
     # [END howto_operator_klingfx_templated]
+
+
+example_klingfx_daily()

@@ -11,15 +11,20 @@ lands is not theirs to choose: the folder comes from the Airflow Variable ``klin
 (e.g. ``file:///data/kling`` or ``s3://aws_default@my-bucket/kling``), which only those who may edit
 Variables set. A trigger with a path in ``output_name`` is refused before the run starts. With a
 name given, the MP4 is streamed there and XCom ``output_path`` names it.
-This is the DAG ``make demo`` runs.
+The model is a Param too, the pro one by default (it costs more than the standard one); ``make demo``
+runs this DAG and says which model it ran.
 """
 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import Param, dag
 
+from airflow_provider_klingfx.domain import EFFECT_SCENES, MODELS, PRO_EFFECTS_MODEL, TWO_PERSON_SCENES
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+
+# The scenes that take two photos, in the vendor's order (a fixed order keeps the serialized DAG stable).
+TWO_PHOTO_SCENES = [scene for scene in EFFECT_SCENES if scene in TWO_PERSON_SCENES]
 
 # Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
 # read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
@@ -28,8 +33,8 @@ PHOTO_LOCATIONS = (
     "'https://images.pexels.com/photos/, https://storage.googleapis.com/falserverless/') }}"
 )
 
-with DAG(
-    dag_id="example_klingfx_hug",
+
+@dag(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -42,7 +47,8 @@ with DAG(
             "https://storage.googleapis.com/falserverless/juggernaut_examples/QEW5VrzccxGva7mPfEXjf.png",
             type="string",
         ),
-        "scene": Param("hug", enum=["hug", "kiss", "heart_gesture"]),
+        "scene": Param("hug", enum=TWO_PHOTO_SCENES),
+        "model": Param(PRO_EFFECTS_MODEL, enum=list(MODELS)),
         "output_name": Param(
             "",
             type="string",
@@ -52,14 +58,15 @@ with DAG(
             "Variable klingfx_output_base names; empty: keep only the CDN URL",
         ),
     },
-):
+)
+def example_klingfx_hug():
     # [START howto_operator_klingfx_hug]
     KlingFxEffectOperator(
         task_id="hug",
         effect_scene="{{ params.scene }}",
         image_urls=["{{ params.left_photo }}", "{{ params.right_photo }}"],
         allowed_photo_locations=PHOTO_LOCATIONS,
-        model="klingai/kling-video-v1.6-pro-effects",
+        model="{{ params.model }}",
         output_path=(
             "{% if params.output_name %}"
             "{{ var.value.klingfx_output_base.rstrip('/') }}/{{ params.output_name }}"
@@ -67,3 +74,6 @@ with DAG(
         ),
     )
     # [END howto_operator_klingfx_hug]
+
+
+example_klingfx_hug()

@@ -8,9 +8,13 @@ Each mapped task instance returns its own video URL; ``collect`` gathers them in
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import Param, dag, task
 
+from airflow_provider_klingfx.domain import EFFECT_SCENES, TWO_PERSON_SCENES
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
+
+# The scenes that take one photo, in the vendor's order (a fixed order keeps the serialized DAG stable).
+ONE_PHOTO_SCENES = [scene for scene in EFFECT_SCENES if scene not in TWO_PERSON_SCENES]
 
 # Whoever triggers the DAG picks the photo Param, not which connections, buckets or hosts photos are
 # read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
@@ -19,8 +23,8 @@ PHOTO_LOCATIONS = (
     "'https://images.pexels.com/photos/, https://storage.googleapis.com/falserverless/') }}"
 )
 
-with DAG(
-    dag_id="example_klingfx_mapped",
+
+@dag(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -34,9 +38,10 @@ with DAG(
             type="array",
             description="photo URLs, one generation each",
         ),
-        "scene": Param("expansion", type="string"),
+        "scene": Param("expansion", enum=ONE_PHOTO_SCENES, description="a scene that takes one photo"),
     },
-):
+)
+def example_klingfx_mapped():
 
     @task
     def list_photos(params: dict | None = None) -> list[str]:
@@ -60,3 +65,6 @@ with DAG(
         return urls
 
     collect(videos.output)
+
+
+example_klingfx_mapped()

@@ -8,7 +8,7 @@ The video URL lands in XCom ``return_value`` of task ``squish``, the generation 
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import DAG, Param
+from airflow.sdk import Param, dag
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 
@@ -16,8 +16,8 @@ from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 # read from: an admin lists those in the Variable klingfx_photo_locations (comma-separated prefixes).
 PHOTO_LOCATIONS = "{{ var.value.get('klingfx_photo_locations', 'https://images.pexels.com/photos/') }}"
 
-with DAG(
-    dag_id="example_klingfx_squish",
+
+@dag(
     schedule=None,
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
@@ -30,7 +30,8 @@ with DAG(
         ),
         "duration": Param(5, enum=[5, 10]),
     },
-):
+)
+def example_klingfx_squish():
     # [START howto_operator_klingfx_squish]
     KlingFxEffectOperator(
         task_id="squish",
@@ -40,3 +41,6 @@ with DAG(
         duration="{{ params.duration }}",
     )
     # [END howto_operator_klingfx_squish]
+
+
+example_klingfx_squish()

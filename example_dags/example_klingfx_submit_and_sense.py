@@ -12,7 +12,7 @@ The sensor pays for nothing: clearing it, or a retry, fetches the same generatio
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, XComArg, dag, task
+from airflow.sdk import Param, dag, task
 
 from airflow_provider_klingfx.operators.klingfx import KlingFxEffectOperator
 from airflow_provider_klingfx.operators.preview import KlingFxPreviewOperator
@@ -61,7 +61,7 @@ def example_klingfx_submit_and_sense():
         return generation_id
 
     # The saved video, handed on as an XComArg (the sensor's XCom ``output_path``).
-    preview = KlingFxPreviewOperator(task_id="preview", video_path=XComArg(wait, key="output_path"))
+    preview = KlingFxPreviewOperator(task_id="preview", video_path=wait.output["output_path"])
     other_work(submit.output) >> wait >> preview
 
 

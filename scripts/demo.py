@@ -2,7 +2,8 @@
 
 1. Starts the emulator on 127.0.0.1 (skipped when AIMLAPI_KEY is set: then the real API is used).
 2. Prepares a throw-away Airflow home (.airflow-demo/, SQLite) and migrates its database.
-3. Runs the example DAG ``example_klingfx_hug`` with ``airflow dags test``: the operator submits,
+3. Runs the example DAG ``example_klingfx_hug`` with ``airflow dags test`` on the pro effects model
+   (``MODEL``; said before the run, and the model the run used after it): the operator submits,
    defers, the trigger polls, the video URL lands in XCom and the MP4 is saved to demo-output/.
 4. Checks the saved MP4 with PyAV, makes its GIF preview and poster frame, prints where everything
    is, and stops the emulator.
@@ -24,6 +25,8 @@ BIN = Path(sys.executable).parent
 HOME = ROOT / ".airflow-demo"
 OUT = ROOT / "demo-output"
 DAG_ID = "example_klingfx_hug"
+# The model the demo asks for: the pro one, which costs more than the standard one with a real key.
+MODEL = "klingai/kling-video-v1.6-pro-effects"
 # The vendor's own example photos, used with the real API.
 REAL_PHOTOS = (
     "https://images.pexels.com/photos/733872/pexels-photo-733872.jpeg",
@@ -133,13 +136,19 @@ def main() -> int:
         if airflow(["db", "migrate"], env, quiet=True) != 0:
             raise SystemExit("airflow db migrate failed")
         say(f"Running DAG {DAG_ID} with 'airflow dags test' (hug: two photos, first on the left)")
-        conf = {"left_photo": photos[0], "right_photo": photos[1], "output_name": target.name}
+        print(f"    model: {MODEL}", flush=True)
+        conf = {"left_photo": photos[0], "right_photo": photos[1], "output_name": target.name, "model": MODEL}
         code = airflow(["dags", "test", DAG_ID, "-c", json.dumps(conf)], env)
         run_id, state = last_run()
         if code != 0 or state != "success":
             raise SystemExit(f"the DAG run ended {state} (exit {code}); see the log above")
         values = xcoms(run_id)
+        request = values.get("request")
+        used = request.get("model") if isinstance(request, dict) else None
+        if used != MODEL:
+            raise SystemExit(f"the run used the model {used!r}, not {MODEL!r}")
         say("Done")
+        print(f"    model         : {used}")
         print(f"    generation id : {values.get('generation_id')}")
         print(f"    video URL     : {values.get('return_value')}")
         print(f"    saved MP4     : {target} ({target.stat().st_size} bytes; {probe_mp4(target)})")

@@ -32,6 +32,10 @@ def test_demo_leaves_a_playable_mp4():
     saved = re.search(r"saved MP4\s+: (\S+\.mp4)", proc.stdout)
     assert saved, proc.stdout[-2000:]
     assert re.search(r"video URL\s+: http://127\.0\.0\.1:\d+/files/", proc.stdout)
+    # It says which model it runs before the run, and which one the run used after it.
+    pro = "klingai/kling-video-v1.6-pro-effects"
+    assert f"    model: {pro}\n" in proc.stdout.split("'airflow dags test'", 1)[1]
+    assert re.search(rf"model\s+: {re.escape(pro)}\n", proc.stdout)
     path = Path(saved.group(1))
     with av.open(str(path)) as container:
         frames = sum(1 for _ in container.decode(video=0))

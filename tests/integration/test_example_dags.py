@@ -114,6 +114,24 @@ def test_chain_into_a_downstream_task(airflow, fresh_emulator):
     assert record["content_type"] == "video/mp4" and record["bytes"] > 0
 
 
+@pytest.mark.parametrize(
+    ("dag_id", "conf"),
+    [
+        ("example_klingfx_mapped", {"scene": "hug"}),  # a two-photo scene where one photo is given
+        ("example_klingfx_hug", {"scene": "squish"}),  # and the other way round
+        ("example_klingfx_hug", {"model": "klingai/kling-video-v1.6-turbo-effects"}),
+    ],
+    ids=["mapped-two-photo-scene", "hug-one-photo-scene", "hug-unknown-model"],
+)
+def test_scene_and_model_params_refuse_what_the_catalogue_does_not_allow(
+    airflow, fresh_emulator, dag_id, conf
+):
+    result = airflow.dags_test(dag_id, conf)
+    assert result.returncode != 0  # refused by the Param's enum, before a run starts
+    assert f"Invalid input for param {next(iter(conf))}" in result.output, result.output[-3000:]
+    assert fresh_emulator.stats()["requests"] == []
+
+
 def test_not_deferrable_gives_the_same_xcoms(airflow, fresh_emulator):
     result = airflow.dags_test(
         "test_klingfx_not_deferrable", {"photo": samples(fresh_emulator, "person-1.png")[0]}

@@ -90,8 +90,9 @@ def test_each_mapped_generation_names_its_s3_photo_and_its_saved_video(
     )
     assert result.returncode == 0 and result.state == "success", result.output[-6000:]
 
-    starts = task_events(events, "example_klingfx_s3_photos.generate", "START")
-    completes = task_events(events, "example_klingfx_s3_photos.generate", "COMPLETE")
+    # The generations run in the mapped task group per_photo: one chain (generate → preview) per photo.
+    starts = task_events(events, "example_klingfx_s3_photos.per_photo.generate", "START")
+    completes = task_events(events, "example_klingfx_s3_photos.per_photo.generate", "COMPLETE")
     assert sorted(completes) == sorted(starts) == [0, 1]
     for map_index, photo in enumerate(("person-1", "person-2")):
         # The photo as given (the bucket, not the connection id in s3://aws_moto@lineage-photos), and the
@@ -107,8 +108,9 @@ def test_each_mapped_generation_names_its_s3_photo_and_its_saved_video(
             "klingai/kling-video-v1.6-standard-effects",
             5,
         )
-        assert facet["generationId"] == result.xcom("generate", "generation_id", map_index)
-        assert result.xcom("generate", "output_path", map_index) == f"s3://aws_moto@videos/{outputs[0][1]}"
+        assert facet["generationId"] == result.xcom("per_photo.generate", "generation_id", map_index)
+        saved = f"s3://aws_moto@videos/{outputs[0][1]}"
+        assert result.xcom("per_photo.generate", "output_path", map_index) == saved
     assert_clean_run(result, events)
 
 

@@ -77,15 +77,50 @@ def test_s3_photos_reach_the_api_presigned_and_become_videos_and_previews(airflo
     assert keys == [
         f"s3-photos/person-{i}.{ext}" for i in (1, 2) for ext in ("mp4", "poster.jpg", "preview.gif")
     ]
-    assert (
-        result.xcom("generate", "output_path", map_index=0) == "s3://aws_moto@videos/s3-photos/person-1.mp4"
-    )
+    # One chain per photo (the mapped task group per_photo): each preview read its own photo's video.
+    for i in (0, 1):
+        video = f"s3://aws_moto@videos/s3-photos/person-{i + 1}.mp4"
+        assert result.xcom("per_photo.generate", "output_path", map_index=i) == video
+        assert result.xcom("per_photo.preview", "preview", map_index=i)["video_path"] == video
     assert "Photo 1: s3://people/in/person-1.png (PNG 512x512" in result.output
     # The signatures are credentials: in no log, XCom, DB row or command output.
     # (The signature values themselves: DAG files may well mention the parameter's name.)
     secrets = [url.split("X-Amz-Signature=", 1)[1].split("&")[0] for (url,), _ in made]
     queries = [url.split("?", 1)[1][:60] for (url,), _ in made]
     assert signatures_found(airflow, *secrets, *queries) == []
+
+
+def test_one_bad_photo_stops_only_its_own_preview(airflow, fresh_emulator, s3):
+    client = s3["client"]
+    client.create_bucket(Bucket="mixed")
+    # Listed first (map index 0): a photo too small for Kling, refused before anything is paid.
+    client.put_object(Bucket="mixed", Key="in/a-tiny.png", Body=png((200, 400)))
+    for name in ("person-1.png", "person-2.png"):
+        client.put_object(Bucket="mixed", Key=f"in/{name}", Body=sample(fresh_emulator, name))
+
+    result = airflow.dags_test(
+        "example_klingfx_s3_photos",
+        {"photos": "s3://aws_moto@mixed/in", "videos": "s3://aws_moto@videos/mixed", "scene": "squish"},
+        env={**s3["env"], "AIRFLOW_VAR_KLINGFX_PHOTO_LOCATIONS": "s3://aws_moto@mixed/in/"},
+    )
+    assert result.state == "failed"
+    states = {
+        (task, i): result.task_states[(f"per_photo.{task}", i)]
+        for task in ("generate", "preview")
+        for i in range(3)
+    }
+    assert states == {
+        ("generate", 0): "failed",
+        ("preview", 0): "upstream_failed",
+        ("generate", 1): "success",
+        ("preview", 1): "success",
+        ("generate", 2): "success",
+        ("preview", 2): "success",
+    }
+    assert "image 1 (s3://mixed/in/a-tiny.png) is 200x400 px" in result.output.replace("\n", " ")
+    assert fresh_emulator.stats()["submissions"] == 2
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket="videos", Prefix="mixed/")["Contents"])
+    assert keys == [f"mixed/person-{i}.{ext}" for i in (1, 2) for ext in ("mp4", "poster.jpg", "preview.gif")]
 
 
 def test_each_photo_rule_fails_its_task_before_any_api_request(airflow, fresh_emulator, s3, tmp_path):
