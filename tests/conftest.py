@@ -18,7 +18,7 @@ from klingfx_emulator import (
     RunningEmulator,
     run_emulator_in_thread,
 )
-from tests.support import FakeTime
+from tests.support import FakeTime, MotoServer
 
 #: A key unique to this test session, so finding it anywhere proves a leak.
 API_KEY = f"sk-klingfx-test-{secrets.token_hex(12)}"
@@ -122,26 +122,8 @@ def _assign(config: EmulatorConfig, values: Mapping[str, Any]) -> None:
 @pytest.fixture(scope="session")
 def s3() -> Iterator[dict]:
     """An S3-compatible server (moto) on 127.0.0.1 with a bucket and an Airflow connection to it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="moto",
-        aws_secret_access_key="moto",
-        region_name="us-east-1",
-    )
+    server = MotoServer()
+    client = server.client("s3")
     client.create_bucket(Bucket="videos")
-    conn = {
-        "conn_type": "aws",
-        "login": "moto",
-        "password": "moto",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    yield {"client": client, "env": {"AIRFLOW_CONN_AWS_MOTO": json.dumps(conn)}}
+    yield {"client": client, "env": {"AIRFLOW_CONN_AWS_MOTO": json.dumps(server.connection())}}
     server.stop()

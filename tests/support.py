@@ -182,3 +182,37 @@ def make_tls_cert(directory: Path) -> tuple[Path, Path]:
         )
     )
     return cert_path, key_path
+
+
+class MotoServer:
+    """A moto server (S3, SQS, ...) on 127.0.0.1 and a free port: the one way the tests start one.
+
+    :attr:`endpoint` is its URL, :meth:`client` makes a boto3 client of it, and :meth:`connection` is
+    an Airflow ``aws`` connection to it (a dict, for ``AIRFLOW_CONN_...`` as JSON).
+    """
+
+    CREDENTIALS: dict[str, str] = {"aws_access_key_id": "moto", "aws_secret_access_key": "moto"}
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint = f"http://{host}:{port}"
+
+    def client(self, service: str) -> Any:
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.endpoint, region_name="us-east-1", **self.CREDENTIALS)
+
+    def connection(self) -> dict[str, Any]:
+        return {
+            "conn_type": "aws",
+            "login": self.CREDENTIALS["aws_access_key_id"],
+            "password": self.CREDENTIALS["aws_secret_access_key"],
+            "extra": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+        }
+
+    def stop(self) -> None:
+        self._server.stop()

@@ -648,3 +648,20 @@ class Deployment:
             return self.postgres.dump()
         with sqlite3.connect(self.home / "airflow.db", timeout=30) as db:
             return "\n".join(db.iterdump()).encode()
+
+
+def assert_key_only_in_connections(home: Path, secret: str) -> None:
+    """``secret`` is in no file under an Airflow home (logs included) but the metadata DB, and in the
+    DB only in the connection table, where it is stored on purpose (encrypted with a Fernet key)."""
+    leaks = [
+        str(p.relative_to(home)) for p in home.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()
+    ]
+    assert leaks in ([], ["airflow.db"]), leaks
+    with sqlite3.connect(home / "airflow.db") as db:
+        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        holding = [
+            t
+            for t in tables
+            if any(secret in str(v) for row in db.execute(f'SELECT * FROM "{t}"') for v in row)
+        ]
+    assert holding in ([], ["connection"]), holding

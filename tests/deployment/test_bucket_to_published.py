@@ -21,7 +21,6 @@ all-admins SimpleAuthManager hands out at ``GET /auth/token``.
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 import urllib.error
 import urllib.request
@@ -34,7 +33,8 @@ import pytest
 from klingfx_emulator import EmulatorConfig, run_emulator_in_thread
 from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY
-from tests.deployment.harness import Deployment
+from tests.deployment.harness import Deployment, assert_key_only_in_connections
+from tests.support import MotoServer
 
 # About 4 minutes alone on 2 cores (most of it task start-ups); more beside another deployment test.
 pytestmark = [pytest.mark.deployment, pytest.mark.browser, pytest.mark.timeout(900)]
@@ -94,22 +94,10 @@ class Api:
         return status, json.loads(text) if text else None
 
 
-def moto_s3_sqs() -> tuple[Any, str, Any, Any, str]:
+def moto_s3_sqs() -> tuple[MotoServer, Any, Any, str]:
     """A moto server on 127.0.0.1: the bucket, the queue, and the bucket's notifications to it."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    kw = {
-        "endpoint_url": endpoint,
-        "region_name": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-    }
-    s3, sqs = boto3.client("s3", **kw), boto3.client("sqs", **kw)
+    server = MotoServer()
+    s3, sqs = server.client("s3"), server.client("sqs")
     s3.create_bucket(Bucket=BUCKET)
     queue_url = sqs.create_queue(QueueName=QUEUE)["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
@@ -126,7 +114,7 @@ def moto_s3_sqs() -> tuple[Any, str, Any, Any, str]:
             ]
         },
     )
-    return server, endpoint, s3, sqs, queue_url
+    return server, s3, sqs, queue_url
 
 
 def deliver_one_message_twice(sqs: Any, queue_url: str) -> str:
@@ -230,13 +218,8 @@ def approve_in_chromium(url: str, api: Api, detail: dict[str, Any], shots: Path)
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="needs Debian's chromium: `make browser`")
 def test_bucket_to_published(tmp_path, record_property):
     started = time.monotonic()
-    moto, endpoint, s3, sqs, queue_url = moto_s3_sqs()
-    aws_conn = {
-        "conn_type": "aws",
-        "login": "testing",
-        "password": "testing",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
+    moto, s3, sqs, queue_url = moto_s3_sqs()
+    aws_conn = moto.connection()
     config = EmulatorConfig(api_key=API_KEY, queued_seconds=0.2, generating_seconds=1, render="eager")
     home = tmp_path / "airflow"
     deployment = Deployment(home, shape="local", dags=[DAG_FILE], parallelism=8)
@@ -389,17 +372,4 @@ def test_bucket_to_published(tmp_path, record_property):
     assert API_KEY not in shown["html"] and API_KEY not in ti_html
     assert not any(API_KEY in b for b in api.bodies)
     assert API_KEY.encode() not in bucket_text
-    leaks = [
-        str(p.relative_to(home))
-        for p in home.rglob("*")
-        if p.is_file() and API_KEY.encode() in p.read_bytes()
-    ]
-    assert leaks in ([], ["airflow.db"]), leaks
-    with sqlite3.connect(home / "airflow.db") as db:
-        tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        holding = [
-            t
-            for t in tables
-            if any(API_KEY in str(v) for row in db.execute(f'SELECT * FROM "{t}"') for v in row)
-        ]
-    assert holding in ([], ["connection"]), holding
+    assert_key_only_in_connections(home, API_KEY)

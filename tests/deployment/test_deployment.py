@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import signal
-import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from klingfx_emulator import EmulatorConfig, FaultRule, run_emulator_in_thread
 from tests.airflow_harness import airflow_version
 from tests.conftest import API_KEY, configured
-from tests.deployment.harness import Deployment
+from tests.deployment.harness import Deployment, assert_key_only_in_connections
 
 pytestmark = pytest.mark.deployment
 
@@ -266,19 +265,4 @@ def test_twenty_mapped_generations_survive_faults_and_triggerer_restarts(tmp_pat
         assert cleared["changed_request_logged"], cleared
     else:
         assert cleared["scenes"] == ["squish", "squish", "expansion"], cleared
-    leaks = []
-    for path in home.rglob("*"):
-        if path.is_file() and API_KEY.encode() in path.read_bytes():
-            leaks.append(str(path.relative_to(home)))
-    assert leaks == [] or leaks == ["airflow.db"], leaks
-    if leaks:
-        # The key is legitimately stored in the connection table (encrypted if a Fernet key is set);
-        # it must be there and nowhere else in the database.
-        with sqlite3.connect(home / "airflow.db") as db:
-            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-            holding = [
-                t
-                for t in tables
-                if any(API_KEY in str(v) for row in db.execute(f'SELECT * FROM "{t}"') for v in row)
-            ]
-        assert holding in ([], ["connection"]), holding
+    assert_key_only_in_connections(home, API_KEY)

@@ -42,7 +42,7 @@ import requests
 from klingfx_emulator import EmulatorConfig, RunningEmulator, run_emulator_in_thread
 from tests.airflow_harness import BIN, REPO, AirflowEnv, DagRunResult
 from tests.conftest import API_KEY
-from tests.support import free_port
+from tests.support import MotoServer, free_port
 
 PUBLIC_DAG = "test_klingfx_gallery"
 PRIVATE_DAG = "test_klingfx_gallery_private"
@@ -176,27 +176,8 @@ def _make_secrets(home: Path, s3_client: Any) -> Secrets:
 @pytest.fixture(scope="session")
 def ui_s3() -> Iterator[dict[str, Any]]:
     """A moto S3 server for the api-server's own connection ``aws_views``."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="moto",
-        aws_secret_access_key="moto",
-        region_name="us-east-1",
-    )
-    conn = {
-        "conn_type": "aws",
-        "login": "moto",
-        "password": "moto",
-        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
-    }
-    yield {"client": client, "conn": json.dumps(conn)}
+    server = MotoServer()
+    yield {"client": server.client("s3"), "conn": json.dumps(server.connection())}
     server.stop()
 
 
