@@ -118,8 +118,9 @@ test: lint typecheck pytest
 # `production` as well as `deployment`, and left out here: it needs PostgreSQL and Redis, takes
 # about 5 minutes of both cores, and has its own target below. The UI views' tests (tests/ui) drive a
 # real browser: `browser` installs it first.
+DEPLOY_PYTEST_ARGS ?= -n 2 --dist loadgroup --durations=5
 test-deployment: browser
-	$(MAKE) pytest PYTEST_MARKERS="deployment and not production" PYTEST_ARGS="-n 2 --dist loadgroup --durations=5"
+	$(MAKE) pytest PYTEST_MARKERS="deployment and not production" PYTEST_ARGS="$(DEPLOY_PYTEST_ARGS)"
 
 # The production-shaped deployment (tests/deployment/test_production.py): PostgreSQL, the
 # CeleryExecutor with Redis, two workers, two triggerers, 200 generations through an outage and a

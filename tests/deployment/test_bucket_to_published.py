@@ -37,7 +37,12 @@ from tests.deployment.harness import Deployment, assert_key_only_in_connections
 from tests.support import MotoServer
 
 # About 4 minutes alone on 2 cores (most of it task start-ups); more beside another deployment test.
-pytestmark = [pytest.mark.deployment, pytest.mark.browser, pytest.mark.timeout(900)]
+pytestmark = [
+    pytest.mark.deployment,
+    pytest.mark.browser,
+    pytest.mark.xdist_group("deployments"),  # see test_deployment.py
+    pytest.mark.timeout(900),
+]
 
 REPO = Path(__file__).resolve().parents[2]
 DAG_FILE = REPO / "example_dags" / "example_klingfx_bucket_to_published.py"
