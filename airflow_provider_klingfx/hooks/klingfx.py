@@ -239,10 +239,24 @@ class KlingFxHook(BaseHook):
         @classmethod
         def get_connection_form_widgets(cls) -> dict[str, Any]:
             """Connection form fields for Airflow 3.1, the same as the provider info declares."""
+            import importlib
+            import sys
+
             from flask_appbuilder.fieldwidgets import BS3TextFieldWidget
             from flask_babel import lazy_gettext
             from wtforms import StringField
-            from wtforms.validators import Optional, any_of
+
+            # Without FAB installed, Airflow 3.1 stands mocks in for wtforms and patches
+            # "wtforms.validators.any_of" with mock.patch, which on Python 3.10 patches the attribute
+            # `wtforms.validators` of the mocked `wtforms`, and on 3.11+ the module in sys.modules.
+            # Read any_of where the patch went, or the form loses its choices on 3.10. With the real
+            # wtforms both are the same module.
+            checks = (
+                importlib.import_module("wtforms").validators
+                if sys.version_info < (3, 11)
+                else importlib.import_module("wtforms.validators")
+            )
+            Optional, any_of = checks.Optional, checks.any_of
 
             from airflow_provider_klingfx.get_provider_info import get_provider_info
 
