@@ -40,7 +40,6 @@ from tests.support import MotoServer
 pytestmark = [
     pytest.mark.deployment,
     pytest.mark.browser,
-    pytest.mark.xdist_group("deployments"),  # see test_deployment.py
     pytest.mark.timeout(900),
 ]
 
