@@ -271,7 +271,10 @@ def _photo_of(record: dict[str, Any]) -> dict[str, Any] | None:
         return None
     bucket = record["s3"]["bucket"]["name"]
     key = unquote_plus(record["s3"]["object"]["key"])  # S3 URL-encodes keys in notifications
-    if bucket != BUCKET or not key.startswith(INCOMING) or not key.lower().endswith(PHOTO_SUFFIXES):
+    # Dot segments are refused: the key names the video's, published copy's and decision's paths
+    # too, and "incoming/../published/x.png" must not let an uploader write past the review.
+    dotted = any(part in {".", ".."} for part in key.split("/"))
+    if bucket != BUCKET or not key.startswith(INCOMING) or not key.lower().endswith(PHOTO_SUFFIXES) or dotted:
         log.info("Not a photo to review: s3://%s/%s", bucket, key)
         return None
     name = key.removeprefix(INCOMING).rsplit(".", 1)[0]
