@@ -58,11 +58,12 @@ import math
 import random
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from airflow_provider_klingfx.domain import KlingFxAPIError, KlingFxTransportError
+from airflow_provider_klingfx.domain import KlingFxAPIError, KlingFxError, KlingFxTransportError
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +425,30 @@ class _Base:
             setattr(exc, REPORTED_ATTR, True)
         return recovered
 
+    def abandon(self, role: Role) -> None:
+        """A request was cancelled before its outcome was known.
+
+        :param role: what the gate's ``acquire`` returned for the request.
+        """
+        self.health.abandoned(role)
+
+    @contextmanager
+    def outcome(self, role: Role) -> Iterator[None]:
+        """Around the one request a turn was given for: reports how it ended (an answer, a
+        :class:`~airflow_provider_klingfx.domain.KlingFxError`, or, cancelled, nothing known).
+
+        :param role: what the gate's ``acquire`` returned for the request.
+        """
+        try:
+            yield
+        except KlingFxError as exc:
+            self.report(role, exc)
+            raise
+        except BaseException:  # cancelled (the trigger went away) or interrupted: no outcome
+            self.abandon(role)
+            raise
+        self.report(role, None)
+
 
 class SyncGate(_Base):
     """The gate of one sync hook (the worker-side wait, the sensor): one generation, one thread.
@@ -551,11 +576,11 @@ class AsyncGate(_Base):
         return recovered
 
     def abandon(self, role: Role) -> None:
-        """A request was cancelled before its outcome was known.
+        """A request was cancelled before its outcome was known; wakes the dispatcher.
 
         :param role: what :meth:`acquire` returned for the request.
         """
-        self.health.abandoned(role)
+        super().abandon(role)
         self._wake.set()
 
     def _finish(self, waiter: _Waiter) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -172,6 +173,18 @@ def _public_only_adapter() -> Any:
             self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
     return _Adapter(pool_connections=2, pool_maxsize=4, max_retries=0)
+
+
+@contextmanager
+def _submission_errors(method: _api.Method) -> Iterator[None]:
+    """A create's failure, once its retries are spent, as the error that says whether it may have
+    been made anyway (see :func:`airflow_provider_klingfx._api.submission_failure`)."""
+    try:
+        yield
+    except KlingFxError as exc:
+        if method != "POST":
+            raise
+        raise _api.submission_failure(exc) from None
 
 
 class KlingFxHook(BaseHook):
@@ -350,6 +363,18 @@ class KlingFxHook(BaseHook):
         left = max(0.05, deadline - self._clock())
         return min(connect, left), min(read, left), left
 
+    def _retry_args(
+        self, method: _api.Method, settings: _api.ApiSettings, deadline: float | None
+    ) -> dict[str, Any]:
+        """The retry policy's arguments for a one-off call (a create, a read), sync or async alike."""
+        return {
+            "idempotent": method == "GET",
+            "what": f"{method} {settings.path}",
+            "logger": self.log,
+            "deadline": deadline,
+            "clock": self._clock,
+        }
+
     # -- the shared view of the API's health (rate limits, outages) -------------------------
 
     def _hold_limit(self, deadline: float | None) -> float:
@@ -458,31 +483,16 @@ class KlingFxHook(BaseHook):
         def attempt() -> tuple[Any, Mapping[str, str]]:
             if gate is None:
                 return self._send(method, url, settings.path, headers, body, deadline)
-            role = gate.acquire(self._hold_limit(deadline), settings.path)
-            try:
-                answer = self._send(method, url, settings.path, headers, body, deadline)
-            except KlingFxError as exc:
-                gate.report(role, exc)
-                raise
-            gate.report(role, None)
-            return answer
+            with gate.outcome(gate.acquire(self._hold_limit(deadline), settings.path)):
+                return self._send(method, url, settings.path, headers, body, deadline)
 
         if poll:
             return attempt()  # one attempt: the watch and the gate answer its failures (see _retry)
-        retrying = self.retry_policy.retrying(
-            idempotent=method == "GET",
-            what=f"{method} {settings.path}",
-            sleep=self._sleep,
-            logger=self.log,
-            deadline=deadline,
-            clock=self._clock,
-        )
-        try:
+        with _submission_errors(method):
+            retrying = self.retry_policy.retrying(
+                sleep=self._sleep, **self._retry_args(method, settings, deadline)
+            )
             return retrying(attempt)
-        except KlingFxError as exc:
-            if method == "POST":
-                raise _api.submission_failure(exc) from None
-            raise
 
     def submit(self, request: EffectRequest, *, client_request_id: str | None = None) -> Submission:
         """Create a generation. Never sends the create twice unless it provably did not reach the API
@@ -752,34 +762,16 @@ class KlingFxHook(BaseHook):
         async def attempt() -> tuple[Any, Mapping[str, str]]:
             if gate is None:
                 return await self._asend(method, url, settings.path, headers, body, deadline)
-            role = await gate.acquire(self._hold_limit(deadline), settings.path, spread)
-            try:
-                answer = await self._asend(method, url, settings.path, headers, body, deadline)
-            except KlingFxError as exc:
-                gate.report(role, exc)
-                raise
-            except BaseException:  # cancelled: the trigger went away before the answer
-                gate.abandon(role)
-                raise
-            gate.report(role, None)
-            return answer
+            with gate.outcome(await gate.acquire(self._hold_limit(deadline), settings.path, spread)):
+                return await self._asend(method, url, settings.path, headers, body, deadline)
 
         if poll:
             return await attempt()  # one attempt: the watch and the gate answer its failures (see _retry)
-        retrying = self.retry_policy.async_retrying(
-            idempotent=method == "GET",
-            what=f"{method} {settings.path}",
-            sleep=self._async_sleep,
-            logger=self.log,
-            deadline=deadline,
-            clock=self._clock,
-        )
-        try:
+        with _submission_errors(method):
+            retrying = self.retry_policy.async_retrying(
+                sleep=self._async_sleep, **self._retry_args(method, settings, deadline)
+            )
             return await retrying(attempt)
-        except KlingFxError as exc:
-            if method == "POST":
-                raise _api.submission_failure(exc) from None
-            raise
 
     async def asubmit(self, request: EffectRequest, *, client_request_id: str | None = None) -> Submission:
         """Async twin of :meth:`submit`."""

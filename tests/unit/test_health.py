@@ -201,6 +201,25 @@ def test_the_sync_gate_waits_for_probes_then_gives_up_at_the_deadline():
         gate.acquire(fake.clock() + 1.0, "/p")  # the next probe is 1.5 s away
 
 
+def test_a_turn_reports_what_its_request_came_to():
+    fake = FakeTime(start=1000.0)
+    h, _ = health()
+    gate = SyncGate(h, fake, fake.clock)
+    # An API error: reported (failures in a row count), then raised on.
+    for _ in range(_health.OUTAGE_AFTER - 1):
+        with pytest.raises(KlingFxTransportError), gate.outcome(gate.acquire(fake.clock() + 100, "/p")):
+            raise KlingFxTransportError("refused", reached_server=False)
+    assert (h.failures_in_row, h.in_flight) == (_health.OUTAGE_AFTER - 1, 0)
+    # An answer: reported, and the failures in a row start over.
+    with gate.outcome(gate.acquire(fake.clock() + 100, "/p")):
+        pass
+    assert (h.failures_in_row, h.in_flight) == (0, 0)
+    # Cancelled before the answer (anything but the provider's errors): no outcome, only not in flight.
+    with pytest.raises(KeyboardInterrupt), gate.outcome(gate.acquire(fake.clock() + 100, "/p")):
+        raise KeyboardInterrupt
+    assert (h.failures_in_row, h.in_flight, h.state) == (0, 0, "healthy")
+
+
 def test_gates_are_named_by_a_hash_of_the_key_never_the_key():
     assert "sk-secret" not in key_fingerprint("sk-secret")
     assert key_fingerprint("a") != key_fingerprint("b")
