@@ -77,12 +77,20 @@ async def _submit(url: str, n: int, ssl_context: ssl.SSLContext | None) -> list[
 
 
 def run_one(
-    variant: str, n: int, window: float, emu: EmulatorProcess, work: Path, *, tls: bool = False
+    variant: str,
+    n: int,
+    window: float,
+    emu: EmulatorProcess,
+    work: Path,
+    *,
+    tls: bool = False,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One variant at one N: N submissions, the load process, then the emulator's view of the window.
 
     The load process starts first and imports while the generations are being submitted; it reads
-    their ids from stdin.
+    their ids from stdin. ``env`` adds to its environment (``compare_revisions`` puts another
+    revision's package first on its ``PYTHONPATH``).
     """
     t0 = time.monotonic()
     key = f"{variant}+tls" if tls else variant
@@ -95,7 +103,7 @@ def run_one(
                 PYTHON, "-m", "benchmarks.trigger_load", "--variant", variant, "--interval", str(INTERVAL),
                 "--ramp", str(RAMP), "--window", str(window), "--out", str(out),
             ],
-            cwd=REPO, env=child_env(**emu.client_env(tls=tls)),
+            cwd=REPO, env=child_env(**emu.client_env(tls=tls), **(env or {})),
             stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert proc.stdin is not None
