@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+#: Migrated metadata DBs of this process, by the Airflow settings they were made with (see migrate).
+_MIGRATED: dict[tuple[tuple[str, str], ...], Path] = {}
 
 
 def airflow_version() -> tuple[int, int]:
@@ -86,8 +90,30 @@ class AirflowEnv:
         return proc
 
     def migrate(self) -> None:
-        proc = self.run("db", "migrate")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+        """A freshly migrated metadata DB: ``airflow db migrate`` once per process and set of settings,
+        then a copy of its DB (a migration from scratch costs about 10 s of CPU, and every test module
+        makes a home). A fresh DB holds no connection or variable, so no key or Fernet key is copied."""
+        settings = tuple(
+            sorted(
+                (k, v) for k, v in self.env.items() if k.startswith("AIRFLOW__") and str(self.home) not in v
+            )
+        )
+        template = _MIGRATED.get(settings)
+        if template is None:
+            home = Path(tempfile.mkdtemp(prefix="klingfx-migrated-"))
+            atexit.register(shutil.rmtree, home, True)
+            proc = self.run(
+                "db",
+                "migrate",
+                env={
+                    "AIRFLOW_HOME": str(home),
+                    "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                    "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+                },
+            )
+            assert proc.returncode == 0, proc.stdout + proc.stderr
+            template = _MIGRATED[settings] = home / "airflow.db"
+        shutil.copyfile(template, self.db_path)
 
     def dags_test(
         self, dag_id: str, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None
