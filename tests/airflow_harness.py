@@ -119,6 +119,9 @@ class AirflowEnv:
         self, dag_id: str, conf: dict[str, Any] | None = None, env: dict[str, str] | None = None
     ) -> DagRunResult:
         args = ["dags", "test", dag_id]
+        dag_file = self.dag_file(dag_id)
+        if dag_file is not None:
+            args += ["-f", str(dag_file)]
         if conf is not None:
             args += ["-c", json.dumps(conf)]
         proc = self.run(*args, env=env)
@@ -147,6 +150,18 @@ class AirflowEnv:
                 )
             }
         return DagRunResult(dag_id, proc.returncode, proc.stdout + proc.stderr, run_id, state, xcoms, states)
+
+    def dag_file(self, dag_id: str) -> Path | None:
+        """The one file of the DAG folder that names ``dag_id``, or None (then the whole folder is parsed).
+
+        ``airflow dags test -f`` parses (and writes to the DB) only that file, not the 13 others: about
+        2 s less per run, and the tests make a hundred runs on each Airflow line.
+        """
+        named = self.dags_folder / f"{dag_id}.py"
+        if named.exists():
+            return named
+        found = [p for p in sorted(self.dags_folder.glob("*.py")) if dag_id in p.read_text()]
+        return found[0] if len(found) == 1 else None
 
     def _integrity(self) -> str:
         db = sqlite3.connect(self.db_path)
