@@ -142,6 +142,7 @@ $(DOCS_STAMP): $(STAMP)
 # autodoc imports Airflow, which reads (and may create) $AIRFLOW_HOME: a throwaway one under the build.
 SPHINX := AIRFLOW_HOME="$(CURDIR)/docs/_build/airflow-home" $(BIN)/sphinx-build -W --keep-going -n $(SPHINX_OPTS)
 docs: $(DOCS_STAMP)
+	rm -rf docs/_build  # what an earlier build left could be checked too
 	$(SPHINX) -E -b html -d docs/_build/doctrees docs docs/_build/html
 	$(SPHINX) -b linkcheck -d docs/_build/doctrees docs docs/_build/linkcheck
 	$(BIN)/python scripts/check_links.py --site docs/_build/html README.md
